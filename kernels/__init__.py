@@ -1,0 +1,1 @@
+"""CUDA kernel sources, installed as upbench.kernels (package data)."""

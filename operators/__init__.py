@@ -1,0 +1,1 @@
+"""Built-in operator plugins, installed as upbench.operators."""

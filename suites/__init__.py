@@ -1,0 +1,1 @@
+"""Declarative TOML suites, installed as upbench.suites (package data)."""

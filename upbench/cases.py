@@ -1,0 +1,119 @@
+"""A case: one point of a sweep, as a frozen, hashable value.
+
+The axes follow DESIGN.md §1. Axes an operator does not use (K for nearest, Cy for an unguided operator) are
+set to ``None`` by the runner, so one physical measurement is never repeated under different labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+PASSES = ("fwd", "bwd", "fwd+bwd")
+DEVICES = ("cpu", "cuda")
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+LAYOUTS = ("nchw",)
+
+# Integer axes with their defaults; the order here is the column order of results.
+INT_AXES: dict[str, int | None] = {"B": 1, "C": 64, "Cy": None, "H": 32, "W": None, "s": 2, "K": 5}
+STR_AXES: dict[str, str] = {"dtype": "float32", "device": "cpu", "pass": "fwd", "layout": "nchw"}
+THREAD_AXIS = "threads"
+AXES: tuple[str, ...] = (*INT_AXES, *STR_AXES, THREAD_AXIS)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One sweep cell's workload, independent of the implementation that computes it.
+
+    ``Cy`` is the guidance (or similarity) channel count and ``W`` the low-res width; ``None`` in either
+    means "same as C" / "same as H" once normalised by :meth:`resolved`.
+    """
+
+    op: str
+    B: int = 1
+    C: int = 64
+    Cy: int | None = None
+    H: int = 32
+    W: int | None = None
+    s: int = 2
+    K: int | None = 5
+    dtype: str = "float32"
+    device: str = "cpu"
+    pass_: str = "fwd"
+    layout: str = "nchw"
+    threads: int | None = None
+    hp: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    # -- derived shapes -------------------------------------------------------------------------------
+    @property
+    def cy(self) -> int:
+        return self.C if self.Cy is None else self.Cy
+
+    @property
+    def w(self) -> int:
+        return self.H if self.W is None else self.W
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return self.H * self.s, self.w * self.s
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Operator hyperparameters of this case as a dict."""
+        return dict(self.hp)
+
+    def with_(self, **changes: Any) -> Case:
+        return replace(self, **changes)
+
+    # -- identity -------------------------------------------------------------------------------------
+    def axes(self) -> dict[str, Any]:
+        """Axis values as result columns (``pass`` spelled without the underscore)."""
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        d["hp"] = json.dumps(dict(self.hp), sort_keys=True)
+        return d
+
+    def workload_key(self) -> str:
+        """Everything that determines inputs and weights: impl- and pass-independent."""
+        d = self.axes()
+        for k in ("pass", "threads"):
+            d.pop(k)
+        return json.dumps(d, sort_keys=True)
+
+    def seed(self) -> int:
+        """Seed for inputs and weights; every impl and pass of one workload sees the same tensors."""
+        return int(hashlib.sha256(self.workload_key().encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+    def label(self) -> str:
+        """Short human-readable description for progress bars and messages."""
+        parts = [f"B{self.B}", f"C{self.C}"]
+        if self.Cy is not None and self.Cy != self.C:
+            parts.append(f"Cy{self.Cy}")
+        parts.append(f"{self.H}x{self.w}")
+        parts.append(f"s{self.s}")
+        if self.K is not None:
+            parts.append(f"K{self.K}")
+        parts += [self.dtype, self.device, self.pass_]
+        if self.hp:
+            parts.append(",".join(f"{k}={v}" for k, v in self.hp))
+        return f"{self.op}[{' '.join(parts)}]"
+
+
+def cell_id(case: Case, impl: str) -> str:
+    """Stable id of a (case, impl) cell: the same on every machine and run."""
+    d = case.axes()
+    d["impl"] = impl
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
