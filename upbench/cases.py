@@ -112,8 +112,7 @@ class Case:
         return f"{self.op}[{' '.join(parts)}]"
 
 
-def cell_id(case: Case, impl: str) -> str:
-    """Stable id of a (case, impl) cell: the same on every machine and run."""
-    d = case.axes()
-    d["impl"] = impl
+def cell_id(stages: tuple[Case, ...], impl: str) -> str:
+    """Stable id of an impl on one case (or a model's stages): the same on every machine and run."""
+    d = {"impl": impl, "stages": [c.axes() for c in stages]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

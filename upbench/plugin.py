@@ -54,6 +54,15 @@ class Impl:
     deterministic: bool = True
     available: Callable[[str], str | None] = _always
     supports: Callable[[Case], str | None] = _always
+    sources: tuple[str, ...] = ()  # extra files (e.g. .cu) whose hash identifies this impl's results
+
+    def unavailable(self, device: str) -> str | None:
+        """Why this impl cannot run on ``device`` on this machine, or None."""
+        if device not in self.devices:
+            return f"runs on {'/'.join(self.devices)} only"
+        if device == "cuda" and not torch.cuda.is_available():
+            return "needs a CUDA device (torch.cuda.is_available() is False)"
+        return self.available(device)
 
     def skip_reason(self, case: Case) -> str | None:
         """Why this impl cannot run ``case`` here, or None."""
@@ -63,7 +72,7 @@ class Impl:
             return f"impl {self.name} supports {'/'.join(self.dtypes)}, not {case.dtype}"
         if case.pass_ != "fwd" and not self.backward:
             return f"impl {self.name} is forward-only"
-        return self.available(case.device) or self.supports(case)
+        return self.unavailable(case.device) or self.supports(case)
 
 
 # Agreement tolerance: max |impl − reference| over the reference's RMS, per dtype. Relative to the RMS so

@@ -1,0 +1,59 @@
+"""Numerical agreement of an impl's output with the operator's float64 reference.
+
+Errors are scaled by the reference's RMS, so a near-zero output cannot pass on an absolute tolerance and
+one tolerance per dtype fits every operator. Border pixels (whose window reaches past the low-res map)
+and interior pixels are reported separately: a border-rule bug hides in a global maximum otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Agreement:
+    max_abs: float  # max |out − ref|
+    rel_rms: float  # RMS(out − ref) / RMS(ref)
+    max_rel: float  # max |out − ref| / RMS(ref): the number compared with the tolerance
+    border_max_rel: float
+    interior_max_rel: float
+    tol: float
+    ok: bool
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return asdict(self)
+
+    @staticmethod
+    def worst(items: list[Agreement]) -> Agreement:
+        return max(items, key=lambda a: (not a.ok, _nan_high(a.max_rel)))
+
+
+def _nan_high(v: float) -> float:
+    return math.inf if math.isnan(v) else v
+
+
+def _masked_max(err: Tensor, mask: Tensor) -> float:
+    return float(err[mask].max()) if bool(mask.any()) else 0.0
+
+
+def agreement(out: Tensor, ref: Tensor, border: Tensor, tol: float, channels_last: bool = False) -> Agreement:
+    """Compare ``out`` with ``ref`` (same shape); ``border`` is a (sH, sW) bool map of border pixels."""
+    if out.shape != ref.shape:
+        raise ValueError(f"output shape {tuple(out.shape)} differs from the reference's {tuple(ref.shape)}")
+    ref = ref.detach().to("cpu", torch.float64)
+    err = (out.detach().to("cpu", torch.float64) - ref).abs()
+    err = torch.where(torch.isnan(err), torch.full_like(err, math.inf), err)  # NaN (an unwritten pixel) fails
+    rms = float(ref.pow(2).mean().sqrt())
+    scale = rms if rms > 0 else 1.0
+    m = border[..., None] if channels_last else border
+    mask = m.expand_as(err)
+    max_abs = float(err.max()) if err.numel() else 0.0
+    rel_rms = float(err.pow(2).mean().sqrt()) / scale if err.numel() else 0.0
+    max_rel = max_abs / scale
+    ok = math.isfinite(max_rel) and max_rel <= tol
+    return Agreement(max_abs, rel_rms, max_rel, _masked_max(err, mask) / scale, _masked_max(err, ~mask) / scale,
+                     tol, ok)

@@ -1,0 +1,229 @@
+"""The ``upbench`` command: list, run, report, env.
+
+Exit codes: 0 every cell ok or skipped; 1 some cell failed or ran out of memory; 2 bad usage or input
+(one stderr line ``upbench: error: …``, nothing written); 130 interrupted (results so far are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import __version__, registry
+from .errors import UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors become our one line
+        raise UsageError(self.prog, message, f"see {self.prog} --help")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="upbench", description="Reproducible benchmarks of feature-upsampling operators.")
+    p.add_argument("--version", action="version", version=f"upbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ls = sub.add_parser("list", help="operators, their impls and whether each can run here; built-in suites")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = sub.add_parser("run", help="run a suite and write results + report.md into a run directory")
+    run.add_argument("--suite", required=True, help="built-in suite name (see `upbench list`) or a .toml path")
+    run.add_argument("--op", action="append", default=[], metavar="NAME[,NAME]", help="only these operators")
+    run.add_argument("--impl", action="append", default=[], metavar="NAME[,NAME]", help="only these impls")
+    run.add_argument("--set", action="append", default=[], metavar="AXIS=VALUES", dest="sets",
+                     help="override an axis: H=32,64  H=pow2:16..128  K=1..7:2  dtype=float16")
+    run.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="set an operator hyperparameter for every selected operator that has it")
+    run.add_argument("--device", choices=("cpu", "cuda", "auto"), default=None,
+                     help="device of every cell (default: the suite's, else cpu)")
+    run.add_argument("--out", type=Path, help="run directory (default reports/runs/<suite>-<time>)")
+    run.add_argument("--force", action="store_true", help="overwrite an existing run directory's results")
+    run.add_argument("--budget", type=float, help="latency time budget per cell, seconds")
+    run.add_argument("--dry-run", action="store_true", help="list the cells and skip reasons; measure nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rep = sub.add_parser("report", help="(re)generate report.md from a run directory")
+    rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--out", type=Path, help="output file (default RUN_DIR/report.md)")
+
+    env = sub.add_parser("env", help="print the environment fingerprint stored with every run")
+    env.add_argument("--json", action="store_true")
+    return p
+
+
+def _split(values: list[str]) -> tuple[str, ...] | None:
+    out = tuple(v.strip() for item in values for v in item.split(",") if v.strip())
+    return out or None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .sweeps import builtin_suites
+
+    ops = registry.operators()
+    data = []
+    for name, op in sorted(ops.items()):
+        impls = []
+        for i in op.impls:
+            reasons = {d: i.unavailable(d) for d in i.devices}
+            impls.append({"name": i.name, "devices": list(i.devices), "backward": i.backward,
+                          "deterministic": i.deterministic, "unavailable": {d: r for d, r in reasons.items() if r},
+                          "description": i.description})
+        data.append({"op": name, "description": op.description, "guided": op.guided,
+                     "hyperparams": op.defaults(), "impls": impls})
+    if args.json:
+        print(json.dumps({"operators": data, "broken": registry.broken_plugins(),
+                          "suites": sorted(builtin_suites())}, indent=1))
+        return EXIT_OK
+    for d in data:
+        guided = " (guided)" if d["guided"] else ""
+        hp = ", ".join(f"{k}={v}" for k, v in d["hyperparams"].items())
+        print(f"{d['op']}{guided}: {d['description']}" + (f"  [{hp}]" if hp else ""))
+        for i in d["impls"]:
+            where = []
+            for dev in i["devices"]:
+                why = i["unavailable"].get(dev)
+                where.append(f"{dev}: {'available' if not why else 'unavailable — ' + why}")
+            flags = ("" if i["backward"] else ", forward-only") + ("" if i["deterministic"] else ", non-deterministic")
+            print(f"  {i['name']:<12} {'; '.join(where)}{flags}")
+    for name, why in registry.broken_plugins().items():
+        print(f"{name}: BROKEN PLUGIN — {why}")
+    print("suites: " + ", ".join(sorted(builtin_suites())))
+    return EXIT_OK
+
+
+def _resolve_device(choice: str | None) -> str | None:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda", "no CUDA device here (torch.cuda.is_available() is False)",
+                         "use --device cpu or auto")
+    return choice
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from dataclasses import replace
+
+    from . import results, sweeps
+    from .axes import parse_param, parse_set
+    from .env import fingerprint
+    from .runner import Options, run_cell
+
+    suite = sweeps.load(args.suite)
+    overrides = dict(parse_set(s) for s in args.sets)
+    device = _resolve_device(args.device)
+    if device:
+        overrides["device"] = (device,)
+    if "cuda" in overrides.get("device", suite.axes.get("device", ())):
+        _resolve_device("cuda")
+        from .timing import check_cuda_timing_allowed
+        check_cuda_timing_allowed()
+    params = dict(parse_param(p) for p in args.param)
+    cells = sweeps.expand(suite, _split(args.op), _split(args.impl), overrides, params)
+    stopping = replace(suite.timing, budget_s=args.budget) if args.budget is not None else suite.timing
+    if args.budget is not None and args.budget <= 0:
+        raise UsageError("--budget", f"{args.budget} must be > 0 seconds")
+    if args.dry_run:
+        for c in cells:
+            print(f"{c.id}  {c.impl:<12} {' + '.join(s.label() for s in c.stages)}  {c.skip or 'run'}")
+        return EXIT_OK
+    stamp = datetime.now(UTC)
+    run_dir = args.out or Path("reports/runs") / f"{suite.name}-{stamp.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / results.RESULTS_JSON).exists() and not args.force:
+        raise UsageError(f"--out {run_dir}", "already holds results", "choose another directory or add --force")
+    meta: dict[str, Any] = {
+        "suite": {"name": suite.name, "description": suite.description, "source": suite.source,
+                  "kind": suite.kind, "metrics": sorted(suite.metrics)},
+        "command": "upbench " + shlex.join(argv), "started": stamp.isoformat(timespec="seconds"),
+        "status": "running", "stopping": stopping.__dict__, "env": fingerprint(), "cells": len(cells),
+    }
+    opts = Options(suite.metrics, stopping)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    bar = _progress(len(cells), args.no_progress)
+    try:
+        for cell in cells:
+            bar.set_postfix_str(f"{cell.impl} {cell.case.label()}", refresh=False)
+            rows.append(run_cell(suite, cell, opts))
+            meta["elapsed_s"] = time.perf_counter() - t0
+            results.write_run(run_dir, rows, meta)
+            bar.update(1)
+        meta["status"] = "complete"
+    except KeyboardInterrupt:
+        meta["status"] = f"interrupted after {len(rows)} of {len(cells)} cells"
+    finally:
+        bar.close()
+    meta["elapsed_s"] = time.perf_counter() - t0
+    results.write_run(run_dir, rows, meta)
+    _write_report(run_dir, None)
+    bad = [r for r in rows if r["status"] in ("failed", "oom")]
+    print(f"upbench: {len(rows)} cells, {len(bad)} failed; results and report in {run_dir}", file=sys.stderr)
+    if meta["status"] != "complete":
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _progress(total: int, disabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="cell", disable=disabled or not sys.stderr.isatty(), file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _write_report(run_dir: Path, out: Path | None) -> Path:
+    from .report import render
+    from .results import atomic_write, load_run
+
+    df, meta = load_run(run_dir)
+    target = out or (run_dir if run_dir.is_dir() else run_dir.parent) / "report.md"
+    atomic_write(target, render(df, meta))
+    return target
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(_write_report(args.run_dir, args.out))
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from .env import fingerprint
+
+    env = fingerprint()
+    if args.json:
+        print(json.dumps(env, indent=1))
+    else:
+        for k, v in env.items():
+            print(f"{k:<14} {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "run":
+            return cmd_run(args, argv)
+        if args.command == "report":
+            return cmd_report(args)
+        return cmd_env(args)
+    except UsageError as exc:
+        print(f"upbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `upbench list | head`
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

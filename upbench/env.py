@@ -1,0 +1,92 @@
+"""The environment fingerprint stored with every run: enough to tell two machines and two builds apart.
+
+A field that cannot be read here is present with the reason, never omitted or zeroed.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pandas
+import torch
+
+from . import __version__
+from ._nvml import gpu_info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _cpu_freq() -> dict[str, Any]:
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq")
+    out: dict[str, Any] = {}
+    for key, fname in (("governor", "scaling_governor"), ("cur_khz", "scaling_cur_freq"),
+                       ("max_khz", "cpuinfo_max_freq")):
+        try:
+            out[key] = (base / fname).read_text().strip()
+        except OSError:
+            out[key] = None
+    if all(v is None for v in out.values()):
+        return {"reason": "cpufreq is not exposed on this machine"}
+    return out
+
+
+def _git() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return {"reason": "not run from a git checkout"}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"reason": f"git failed: {exc}"}
+
+
+def _cupy_version() -> str:
+    from ._optional import cupy_reason, try_cupy
+
+    cp = try_cupy()
+    return cp.__version__ if cp is not None else f"unavailable: {cupy_reason()}"
+
+
+def fingerprint() -> dict[str, Any]:
+    return {
+        "upbench": __version__,
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_freq": _cpu_freq(),
+        "torch_threads": torch.get_num_threads(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "cupy": _cupy_version(),
+        "git": _git(),
+        "gpu": gpu_info(),
+    }
+
+
+def device_class(env: dict[str, Any], device: str) -> str:
+    """What makes timings comparable: the GPU's name, or the CPU model with its thread count."""
+    gpus = env.get("gpu", {}).get("devices") or []
+    if device == "cuda" and gpus:
+        return gpus[0]["name"]
+    return f"{env.get('cpu_model')} / {env.get('torch_threads')} threads"

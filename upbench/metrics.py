@@ -1,0 +1,74 @@
+"""Every results column, declared once: name (with its unit), unit, group, and how it is measured.
+
+The runner fills rows with these names, results.py orders columns by this list, and docs/results.md is
+checked against it by the tests, so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    unit: str
+    group: str  # identity | status | latency | memory | counts | accuracy
+    description: str
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("suite", "", "identity", "suite name"),
+    Column("cell_id", "", "identity", "stable hash of op, impl and every axis: the same on every machine and run"),
+    Column("op", "", "identity", "operator name (entry point in `upbench.operators`)"),
+    Column("impl", "", "identity", "implementation name"),
+    Column("pass", "", "identity", "`fwd` (inference, no autograd), `bwd` (backward only, graph built outside the "
+           "timer) or `fwd+bwd`"),
+    Column("B", "", "identity", "batch size"),
+    Column("C", "", "identity", "channels of x (model suites: of the first stage)"),
+    Column("Cy", "", "identity", "guidance / similarity channels; empty when the operator has none or Cy = C"),
+    Column("H", "", "identity", "low-res height"),
+    Column("W", "", "identity", "low-res width; empty means W = H"),
+    Column("s", "", "identity", "upsampling scale"),
+    Column("K", "", "identity", "kernel size; empty when the operator has none"),
+    Column("dtype", "", "identity", "input, parameter and output dtype"),
+    Column("device", "", "identity", "`cpu` or `cuda`"),
+    Column("layout", "", "identity", "memory layout of x and y"),
+    Column("threads", "", "identity", "requested torch CPU threads (empty: torch's default)"),
+    Column("hp", "", "identity", "operator hyperparameters as JSON"),
+    Column("stages", "", "identity", "model suites: the stages run one after another, as CxHxW list"),
+    Column("status", "", "status", "`ok`, `skipped`, `failed` or `oom`"),
+    Column("reason", "", "status", "why a cell was skipped or failed (invalid, filtered, unsupported, the error)"),
+    Column("impl_hash", "", "status", "hash of the operator's and impl's source files (Python and .cu)"),
+    Column("torch_threads", "", "status", "torch.get_num_threads() while the cell ran"),
+    Column("latency_median_ms", "ms", "latency", "median per-call time over the samples"),
+    Column("latency_iqr_ms", "ms", "latency", "inter-quartile range of the per-call sample times"),
+    Column("latency_min_ms", "ms", "latency", "fastest sample"),
+    Column("latency_rel_iqr", "", "latency", "IQR / median"),
+    Column("latency_n", "", "latency", "number of samples"),
+    Column("latency_inner", "", "latency", "calls per sample (CPU: calibrated so a sample lasts ≥ 1 ms)"),
+    Column("latency_stop", "", "latency", "why sampling stopped: `converged` (IQR/median under target), `budget`, "
+           "`max_samples`"),
+    Column("latency_noise", "", "latency", "`stable` if IQR/median ≤ the suite's target, else `noisy`"),
+    Column("latency_mode", "", "latency", "`cpu`, `cuda-cold` (L2 flushed before each sample) or `cuda-warm`"),
+    Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
+    Column("peak_mem_bytes", "B", "memory", "extra peak allocation over the live inputs, weights and (bwd) graph; "
+           "its own pass; CPU from the profiler's allocator events, CUDA from requested_bytes.all.peak"),
+    Column("params", "", "counts", "learned parameters of the module (model suites: summed over stages)"),
+    Column("macs", "MAC", "counts", "analytic multiply-accumulates of the pass (DESIGN §6); bwd = the operator's "
+           "backward formula"),
+    Column("flops", "FLOP", "counts", "2 × macs"),
+    Column("min_bytes", "B", "counts", "bytes an ideal forward must move: inputs read once, output written once"),
+    Column("gflops_per_s", "GFLOP/s", "counts", "flops / median latency"),
+    Column("gbytes_per_s", "GB/s", "counts", "min_bytes / median latency (forward passes only)"),
+    Column("err_max_abs", "", "accuracy", "max |impl − float64 reference| (bwd: over every gradient)"),
+    Column("err_rel_rms", "", "accuracy", "RMS(error) / RMS(reference)"),
+    Column("err_max_rel", "", "accuracy", "max |error| / RMS(reference): the number compared with the tolerance"),
+    Column("err_border_max_rel", "", "accuracy", "err_max_rel over border pixels (window reaches past the map)"),
+    Column("err_interior_max_rel", "", "accuracy", "err_max_rel over interior pixels"),
+    Column("err_tol", "", "accuracy", "the operator's tolerance for this dtype"),
+    Column("agree", "", "accuracy", "err_max_rel ≤ err_tol"),
+)
+
+NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}

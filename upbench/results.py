@@ -1,0 +1,82 @@
+"""Results: tidy rows → a pandas DataFrame, written atomically as CSV and JSON into a run directory.
+
+``results.json`` is the file of record: ``{"schema": N, "meta": {…, "env": {…}}, "rows": [...]}``. The CSV
+beside it holds the same rows for spreadsheets. Both are replaced atomically (temporary file in the same
+directory, fsync, rename), so a crash or Ctrl-C leaves the previous complete file, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .errors import UsageError
+from .metrics import NAMES
+
+SCHEMA = 1
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for name in NAMES:
+        if name not in df.columns:
+            df[name] = None
+    extra = [c for c in df.columns if c not in NAMES]
+    return df[list(NAMES) + extra]
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def write_run(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    doc = {"schema": SCHEMA, "meta": meta, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
+    atomic_write(run_dir / RESULTS_JSON, json.dumps(doc, indent=1, default=str) + "\n")
+    buf = io.StringIO()
+    to_frame(rows).to_csv(buf, index=False)
+    atomic_write(run_dir / RESULTS_CSV, buf.getvalue())
+
+
+def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a run directory or results.json; one clear UsageError for anything that is not one."""
+    p = Path(path)
+    f = p / RESULTS_JSON if p.is_dir() else p
+    where = f"results {path}"
+    if not f.is_file():
+        raise UsageError(where, f"no {RESULTS_JSON} here", "give a run directory written by `upbench run`")
+    try:
+        doc = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(where, f"not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or "schema" not in doc or not isinstance(doc.get("rows"), list):
+        raise UsageError(where, "not an upbench results file (no schema/rows)")
+    if doc["schema"] != SCHEMA:
+        raise UsageError(where, f"schema {doc['schema']} but this upbench reads schema {SCHEMA}",
+                         "re-run the suite with this version, or use the upbench version that wrote it")
+    rows = [{k: (math.inf if v == "inf" else v) for k, v in r.items()} for r in doc["rows"]]
+    return to_frame(rows), doc.get("meta", {})

@@ -1,0 +1,261 @@
+"""Suites: TOML files → typed :class:`Suite` → an ordered list of :class:`Cell` (the sweep's cartesian product).
+
+A suite file has a ``[suite]`` table (name, description, kind, metrics, passes, timing), ``[axes]``, one
+``[[op]]`` per operator (name, optional impls and params), optional ``[[skip]]`` filters
+(``where = {K = 7, C = 256}``, ``reason = "…"``) and, for ``kind = "model"``, one ``[[stage]]`` per
+upsampling stage. See docs/suites.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .axes import normalise
+from .cases import AXES, INT_AXES, Case, cell_id
+from .errors import UsageError
+from .plugin import Operator
+from .timing import Stopping
+
+METRICS = ("latency", "memory", "accuracy")
+KINDS = ("sweep", "model")
+STAGE_KEYS = ("C", "Cy", "H", "W", "s", "K")
+
+
+@dataclass(frozen=True)
+class OpSel:
+    name: str
+    impls: tuple[str, ...] | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Skip:
+    where: tuple[tuple[str, Any], ...]
+    reason: str
+
+    def matches(self, case: Case, impl: str) -> bool:
+        vals = {**case.axes(), "op": case.op, "impl": impl}
+        return all(vals.get(k) == v or (isinstance(v, list) and vals.get(k) in v) for k, v in self.where)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    source: str
+    kind: str
+    ops: tuple[OpSel, ...]
+    axes: dict[str, tuple[Any, ...]]
+    metrics: frozenset[str]
+    timing: Stopping
+    skips: tuple[Skip, ...] = ()
+    stages: tuple[dict[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of results: an impl on a case (or on a model's stages, run one after another)."""
+
+    op: str
+    impl: str
+    stages: tuple[Case, ...]
+    skip: str | None = None
+    id: str = field(default="")
+
+    @property
+    def case(self) -> Case:
+        return self.stages[0]
+
+
+def builtin_suites() -> dict[str, Path]:
+    root = files("upbench.suites")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def find(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or "/" in name_or_path:
+        if not p.is_file():
+            raise UsageError(f"--suite {name_or_path}", "no such file")
+        return p
+    known = builtin_suites()
+    if name_or_path not in known:
+        raise UsageError(f"--suite {name_or_path}", "unknown suite",
+                         f"built-in suites: {', '.join(sorted(known))}; or give a path to a .toml file")
+    return known[name_or_path]
+
+
+def load(name_or_path: str) -> Suite:
+    path = find(name_or_path)
+    where = f"suite {path.name}"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(where, f"malformed TOML: {exc}") from None
+    return parse(raw, where, str(path))
+
+
+def _table(raw: dict, key: str, where: str) -> dict:
+    v = raw.get(key, {})
+    if not isinstance(v, dict):
+        raise UsageError(where, f"[{key}] must be a table")
+    return v
+
+
+def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
+    unknown = set(raw) - {"suite", "axes", "op", "skip", "stage", "timing"}
+    if unknown:
+        raise UsageError(where, f"unknown section(s) {', '.join(sorted(unknown))}",
+                         "sections are [suite], [axes], [timing], [[op]], [[skip]], [[stage]]")
+    meta = _table(raw, "suite", where)
+    name = meta.get("name") or Path(source).stem
+    kind = meta.get("kind", "sweep")
+    if kind not in KINDS:
+        raise UsageError(where, f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    metrics = meta.get("metrics", list(METRICS))
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise UsageError(where, f"unknown metric(s) {', '.join(bad)}", f"metrics are {', '.join(METRICS)}")
+    axes = {k: normalise(k, v, where) for k, v in _table(raw, "axes", where).items()}
+    if "passes" in meta:
+        axes["pass"] = normalise("pass", meta["passes"], where)
+    timing_raw = _table(raw, "timing", where)
+    try:
+        timing = Stopping(**timing_raw)
+    except TypeError:
+        raise UsageError(where, f"unknown [timing] key in {sorted(timing_raw)}",
+                         f"keys are {', '.join(Stopping.__dataclass_fields__)}") from None
+    ops = tuple(_op(o, where) for o in raw.get("op", []))
+    if not ops:
+        raise UsageError(where, "no [[op]] entries", 'add at least one, e.g. [[op]] name = "bilinear"')
+    skips = tuple(_skip(s, where) for s in raw.get("skip", []))
+    stages = tuple(_stage(s, where) for s in raw.get("stage", []))
+    if kind == "model" and not stages:
+        raise UsageError(where, 'kind = "model" needs at least one [[stage]]')
+    return Suite(name, meta.get("description", ""), source, kind, ops, axes, frozenset(metrics), timing, skips,
+                 stages)
+
+
+def _op(o: Any, where: str) -> OpSel:
+    if not isinstance(o, dict) or "name" not in o:
+        raise UsageError(where, "each [[op]] needs a name")
+    extra = set(o) - {"name", "impls", "params"}
+    if extra:
+        raise UsageError(where, f"[[op]] {o['name']}: unknown key(s) {', '.join(sorted(extra))}")
+    impls = o.get("impls")
+    return OpSel(o["name"], tuple(impls) if impls else None, tuple(sorted(o.get("params", {}).items())))
+
+
+def _skip(s: Any, where: str) -> Skip:
+    if not isinstance(s, dict) or not isinstance(s.get("where"), dict) or "reason" not in s:
+        raise UsageError(where, "each [[skip]] needs where = {axis = value, …} and reason = \"…\"")
+    for k in s["where"]:
+        if k not in (*AXES, "op", "impl"):
+            raise UsageError(where, f"[[skip]] names unknown axis {k!r}")
+    return Skip(tuple(sorted(s["where"].items())), s["reason"])
+
+
+def _stage(s: Any, where: str) -> dict[str, int]:
+    if not isinstance(s, dict) or any(k not in STAGE_KEYS for k in s) or not {"C", "H"} <= set(s):
+        raise UsageError(where, f"[[stage]] {s!r}: needs C and H, may have {', '.join(STAGE_KEYS)}")
+    return {k: normalise(k, v, where)[0] for k, v in s.items()}
+
+
+# -- expansion ----------------------------------------------------------------------------------------------
+def _case_for(op: Operator, sel: OpSel, vals: dict[str, Any]) -> Case:
+    kw = {k: v for k, v in vals.items() if k in INT_AXES or k in ("dtype", "device", "layout", "threads")}
+    kw["pass_"] = vals["pass"]
+    if not op.uses_K:
+        kw["K"] = None
+    if not op.has_Cy:
+        kw["Cy"] = None
+    elif kw.get("Cy") == kw.get("C"):
+        kw["Cy"] = None
+    if kw.get("W") == kw.get("H"):
+        kw["W"] = None
+    hp = {**op.defaults(), **dict(sel.params)}
+    return Case(op=op.name, hp=tuple(sorted(hp.items())), **kw)
+
+
+def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tuple[str, ...] | None = None,
+           overrides: dict[str, tuple[Any, ...]] | None = None,
+           params: dict[str, Any] | None = None) -> list[Cell]:
+    """The ordered, de-duplicated cells of ``suite``; raises UsageError on values no cell can use."""
+    axes = {"pass": ("fwd",), **suite.axes, **(overrides or {})}
+    defaults = {k: (v,) for k, v in INT_AXES.items()} | {"dtype": ("float32",), "device": ("cpu",),
+                                                         "layout": ("nchw",), "threads": (None,)}
+    axes = {**defaults, **axes}
+    sels = [o for o in suite.ops if not only_ops or o.name in only_ops]
+    if only_ops:
+        missing = [n for n in only_ops if n not in {o.name for o in suite.ops}]
+        if missing:
+            sels += [OpSel(n) for n in missing]  # --op may add an operator the suite does not list
+    if only_impls:
+        all_impls = {i.name for s in sels for i in registry.get(s.name).impls}
+        bad = [n for n in only_impls if n not in all_impls]
+        if bad:
+            raise UsageError(f"--impl {bad[0]}", "no selected operator has this impl",
+                             f"impls are {', '.join(sorted(all_impls))}")
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for sel in sels:
+        op = registry.get(sel.name)
+        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **(params or {})}.items())))
+        unknown = set(dict(sel.params)) - set(op.defaults())
+        if unknown:
+            raise UsageError(f"operator {op.name}", f"unknown hyperparameter(s) {', '.join(sorted(unknown))}",
+                             f"hyperparameters are {', '.join(op.defaults()) or 'none'}")
+        impls = _select_impls(op, sel, only_impls)
+        names = list(axes)
+        op_cells: list[Cell] = []
+        for combo in itertools.product(*(axes[n] for n in names)):
+            vals = dict(zip(names, combo, strict=True))
+            for stage_cases in _stage_cases(op, sel, vals, suite):
+                for impl in impls:
+                    cell = _cell(op, impl, stage_cases, suite)
+                    if cell.id not in seen:
+                        seen.add(cell.id)
+                        op_cells.append(cell)
+        invalid = [c for c in op_cells if c.skip and c.skip.startswith("invalid: ")]
+        if op_cells and len(invalid) == len(op_cells):
+            raise UsageError(f"operator {op.name}", invalid[0].skip.removeprefix("invalid: "),
+                             "no cell of this operator is valid with these axis values")
+        cells += op_cells
+    return cells
+
+
+def _select_impls(op: Operator, sel: OpSel, only: tuple[str, ...] | None) -> list[str]:
+    names = [i.name for i in op.impls]
+    for n in sel.impls or ():
+        if n not in names:
+            raise UsageError(f"operator {op.name}", f"no impl {n!r}", f"impls are {', '.join(names)}")
+    chosen = list(sel.impls or names)
+    if only:
+        chosen = [n for n in names if n in only]
+    return chosen
+
+
+def _stage_cases(op: Operator, sel: OpSel, vals: dict[str, Any], suite: Suite) -> list[tuple[Case, ...]]:
+    if suite.kind != "model":
+        return [(_case_for(op, sel, vals),)]
+    return [tuple(_case_for(op, sel, {**vals, "W": None, "Cy": None, **st}) for st in suite.stages)]
+
+
+def _cell(op: Operator, impl_name: str, stages: tuple[Case, ...], suite: Suite) -> Cell:
+    impl = op.impl(impl_name)
+    cid = cell_id(stages, impl_name)
+    for case in stages:
+        why = op.check(case)
+        if why:
+            return Cell(op.name, impl_name, stages, f"invalid: {why}", cid)
+    for sk in suite.skips:
+        if any(sk.matches(c, impl_name) for c in stages):
+            return Cell(op.name, impl_name, stages, f"filtered: {sk.reason}", cid)
+    why = impl.skip_reason(stages[0])
+    return Cell(op.name, impl_name, stages, f"unsupported: {why}" if why else None, cid)
