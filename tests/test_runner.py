@@ -66,3 +66,10 @@ def test_params_and_macs_come_from_the_plugin(run_cli, tmp_path, fake_plugin):
     # x (1,3,4,6) → rows repeated (1,3,8,6) → columns repeated (1,3,8,12) → × scale: the last two are live
     # together at the multiply, so the peak is twice the output's bytes
     assert r["peak_mem_bytes"] == 2 * (3 * 8 * 12 * 4)
+
+
+def test_determinism_and_ideal_footprint(run_cli, tmp_path, fake_plugin):
+    _, df = _run(run_cli, tmp_path, ["good", "nondeterministic"], metrics='["determinism", "memory"]')
+    by = {r.impl: r for _, r in df[df["H"] == 4].iterrows()}
+    assert by["good"]["bitwise_repeatable"] and not by["nondeterministic"]["bitwise_repeatable"]
+    assert by["good"]["ideal_bytes"] == 3 * 8 * 12 * 4 and by["good"]["peak_over_ideal"] == 2.0

@@ -46,3 +46,47 @@ def _device(nv: Any, h: Any) -> dict[str, Any]:
         "throttle_reasons": _read(nv.nvmlDeviceGetCurrentClocksEventReasons, h),
         "memory_total_bytes": (lambda m: getattr(m, "total", m))(_read(nv.nvmlDeviceGetMemoryInfo, h)),
     }
+
+
+# Clock-event reasons that mean the clocks were pulled down by the hardware while we measured (not idle,
+# not an application-clock setting): power cap, thermal slowdown, hardware slowdown, power brake.
+_THROTTLE_BITS = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x20: "sw_thermal", 0x40: "hw_thermal",
+                  0x80: "hw_power_brake"}
+
+
+def throttle_snapshot(device: str) -> dict[str, Any] | None:
+    """Clock-event reasons, SM clock and power/thermal violation counters of the current GPU, or None."""
+    if device != "cuda":
+        return None
+    nv = try_pynvml()
+    if nv is None:
+        return None
+    try:
+        import torch
+
+        nv.nvmlInit()
+        h = nv.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        snap = {"reasons": nv.nvmlDeviceGetCurrentClocksEventReasons(h),
+                "sm_clock_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)}
+        for name, pol in (("power_violation_ns", nv.NVML_PERF_POLICY_POWER),
+                          ("thermal_violation_ns", nv.NVML_PERF_POLICY_THERMAL)):
+            try:
+                snap[name] = nv.nvmlDeviceGetViolationStatus(h, pol).violationTime
+            except Exception:
+                snap[name] = None
+        nv.nvmlShutdown()
+        return snap
+    except Exception:
+        return None
+
+
+def throttle_events(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """Row columns: whether the GPU throttled between two snapshots, and why ("" when it did not)."""
+    if before is None or after is None:
+        return {}
+    reasons = {n for bit, n in _THROTTLE_BITS.items() if (before["reasons"] | after["reasons"]) & bit}
+    for key in ("power_violation_ns", "thermal_violation_ns"):
+        if before.get(key) is not None and after.get(key) is not None and after[key] > before[key]:
+            reasons.add(key.removesuffix("_ns"))
+    return {"throttled": bool(reasons), "throttle_reasons": ",".join(sorted(reasons)),
+            "sm_clock_mhz": after["sm_clock_mhz"]}

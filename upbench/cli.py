@@ -115,6 +115,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
     from . import results, sweeps
     from .axes import parse_param, parse_set
+    from .ceilings import calibrate, ceilings
     from .env import fingerprint
     from .runner import Options, run_cell
 
@@ -146,7 +147,16 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         "command": "upbench " + shlex.join(argv), "started": stamp.isoformat(timespec="seconds"),
         "status": "running", "stopping": stopping.__dict__, "env": fingerprint(), "cells": len(cells),
     }
-    opts = Options(suite.metrics, stopping)
+    calibration = None
+    if "latency" in suite.metrics:
+        devices = sorted({c.case.device for c in cells if not c.skip})
+        meta["calibration"] = {d: calibrate(d) for d in devices}
+        meta["ceilings"] = {f"{c.case.device}/{c.case.dtype}": ceilings(c.case.device, c.case.dtype)
+                            for c in cells if not c.skip}
+        if len(devices) == 1:
+            calibration = meta["calibration"][devices[0]]
+            calibration["score_ms"] = (calibration["copy_ms"] * calibration["matmul_ms"]) ** 0.5
+    opts = Options(suite.metrics, stopping, calibration)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     bar = _progress(len(cells), args.no_progress)

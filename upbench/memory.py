@@ -21,6 +21,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
+def result_bytes(out: object) -> int:
+    """Bytes of the tensors a call returns (outputs or gradients): the floor of any impl's footprint."""
+    if isinstance(out, torch.Tensor):
+        return out.numel() * out.element_size()
+    if isinstance(out, (list, tuple)):
+        return sum(result_bytes(o) for o in out)
+    return 0
+
+
 def _run_and_drop(fn: Callable[[], object]) -> None:
     out = fn()
     del out
@@ -76,13 +85,36 @@ def peak(fn: Callable[[], object], device: str) -> int:
     return peak_cuda(fn) if device == "cuda" else peak_cpu(fn)
 
 
-def vm_hwm_bytes() -> int | None:
-    """Linux VmHWM of this process (physical peak), a cross-check for the allocator count; None elsewhere."""
+def hwm_delta_cpu(fn: Callable[[], object]) -> int | None:
+    """Physical cross-check: VmHWM after ``fn`` minus VmRSS before it, with the high-water mark reset.
+
+    Includes what torch's allocator count cannot see (malloc arenas, page granularity) and misses memory
+    reused from freed-but-kept pages, so it agrees with the allocator peak only roughly. None where
+    /proc/self/clear_refs is not writable.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_kb("VmRSS")
+    _run_and_drop(fn)
+    after = _status_kb("VmHWM")
+    return None if before is None or after is None else (after - before) * 1024
+
+
+def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
     except OSError:
         return None
     return None
+
+
+def vm_hwm_bytes() -> int | None:
+    """Linux VmHWM of this process (physical peak); None elsewhere."""
+    kb = _status_kb("VmHWM")
+    return None if kb is None else kb * 1024

@@ -52,8 +52,19 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_noise", "", "latency", "`stable` if IQR/median ≤ the suite's target, else `noisy`"),
     Column("latency_mode", "", "latency", "`cpu`, `cuda-cold` (L2 flushed before each sample) or `cuda-warm`"),
     Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
+    Column("latency_norm", "", "latency", "latency_median_ms / this run's calibration score (geometric mean of "
+           "a 64 MiB copy and a 512² matmul, ms): comparable across sibling machines"),
+    Column("throttled", "", "latency", "CUDA: the GPU reported power/thermal clock events or violation time "
+           "during the latency pass (NVML before and after); empty on the CPU"),
+    Column("throttle_reasons", "", "latency", "which NVML clock-event reasons or violation counters fired"),
+    Column("sm_clock_mhz", "MHz", "latency", "CUDA: SM clock after the latency pass"),
     Column("peak_mem_bytes", "B", "memory", "extra peak allocation over the live inputs, weights and (bwd) graph; "
            "its own pass; CPU from the profiler's allocator events, CUDA from requested_bytes.all.peak"),
+    Column("ideal_bytes", "B", "memory", "bytes of what the call returns (output, or gradients): the footprint "
+           "no impl can avoid"),
+    Column("peak_over_ideal", "", "memory", "peak_mem_bytes / ideal_bytes"),
+    Column("vm_hwm_delta_bytes", "B", "memory", "CPU cross-check: VmHWM after the call minus VmRSS before it "
+           "(physical pages; roughly equals the allocator peak for large allocations)"),
     Column("params", "", "counts", "learned parameters of the module (model suites: summed over stages)"),
     Column("macs", "MAC", "counts", "analytic multiply-accumulates of the pass (DESIGN §6); bwd = the operator's "
            "backward formula"),
@@ -61,6 +72,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("min_bytes", "B", "counts", "bytes an ideal forward must move: inputs read once, output written once"),
     Column("gflops_per_s", "GFLOP/s", "counts", "flops / median latency"),
     Column("gbytes_per_s", "GB/s", "counts", "min_bytes / median latency (forward passes only)"),
+    Column("pct_compute_roof", "%", "counts", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
+    Column("pct_bw_roof", "%", "counts", "gbytes_per_s / the device's probed copy bandwidth"),
+    Column("bitwise_repeatable", "", "accuracy", "two runs of the call gave bit-identical results (outputs or "
+           "gradients): the determinism metric"),
     Column("err_max_abs", "", "accuracy", "max |impl − float64 reference| (bwd: over every gradient)"),
     Column("err_rel_rms", "", "accuracy", "RMS(error) / RMS(reference)"),
     Column("err_max_rel", "", "accuracy", "max |error| / RMS(reference): the number compared with the tolerance"),
@@ -72,3 +87,14 @@ COLUMNS: tuple[Column, ...] = (
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+
+
+def markdown_table() -> str:
+    """The column reference of docs/results.md (kept equal to it by a test)."""
+    lines = ["| column | unit | group | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{c.name}` | {c.unit or '–'} | {c.group} | {c.description} |" for c in COLUMNS]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

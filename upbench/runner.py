@@ -22,8 +22,10 @@ from typing import Any
 import torch
 
 from . import memory, registry, timing
+from ._nvml import throttle_events, throttle_snapshot
 from .accuracy import Agreement, agreement
 from .cases import Case
+from .ceilings import ceilings
 from .plugin import Impl, Operator
 from .sweeps import Cell, Suite
 from .workload import Stage, make_callable, prepare_stage, reference_outputs
@@ -33,6 +35,7 @@ from .workload import Stage, make_callable, prepare_stage, reference_outputs
 class Options:
     metrics: frozenset[str]
     stopping: timing.Stopping
+    calibration: dict[str, float] | None = None  # this run's calibrate() result, with "score_ms"
 
 
 @cache
@@ -118,16 +121,33 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
                        err_tol=a.tol, agree=a.ok)
         fn: Callable[[], object] = make_callable(stages, case.pass_)
         if "latency" in opts.metrics:
+            before = throttle_snapshot(case.device)
             lat = timing.time_fn(fn, case.device, opts.stopping)
+            row.update(throttle_events(before, throttle_snapshot(case.device)))
             row.update(latency_median_ms=lat.median * 1e3, latency_iqr_ms=lat.iqr * 1e3,
                        latency_min_ms=lat.min * 1e3, latency_rel_iqr=lat.rel_iqr, latency_n=len(lat.samples),
                        latency_inner=lat.inner, latency_stop=lat.stop,
                        latency_noise=lat.verdict(opts.stopping.target_rel_iqr), latency_mode=lat.mode,
                        latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
         if "memory" in opts.metrics:
-            fn()  # warm: lazy caches and workspaces are not the op's peak
+            row["ideal_bytes"] = memory.result_bytes(fn())  # also the warm call: lazy caches are not the op's
             row["peak_mem_bytes"] = memory.peak(fn, case.device)
+            row["peak_over_ideal"] = row["peak_mem_bytes"] / row["ideal_bytes"] if row["ideal_bytes"] else None
+            if case.device == "cpu":
+                row["vm_hwm_delta_bytes"] = memory.hwm_delta_cpu(fn)
+        if "determinism" in opts.metrics:
+            row["bitwise_repeatable"] = _same_bits(fn(), fn())
     return row
+
+
+def _same_bits(a: object, b: object) -> bool:
+    """Two results equal bit for bit (NaNs included): the determinism metric."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(
+            torch.equal(a.detach().contiguous().view(torch.uint8), b.detach().contiguous().view(torch.uint8)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_bits(x, y) for x, y in zip(a, b, strict=True))
+    return a is None and b is None
 
 
 def run_cell(suite: Suite, cell: Cell, opts: Options) -> dict[str, Any]:
@@ -152,7 +172,12 @@ def run_cell(suite: Suite, cell: Cell, opts: Options) -> dict[str, Any]:
             torch.cuda.empty_cache()
     lat = row.get("latency_median_ms")
     if row.get("status") == "ok" and lat:
+        roof = ceilings(cell.case.device, cell.case.dtype)
         row["gflops_per_s"] = row["flops"] / (lat * 1e-3) / 1e9
+        row["pct_compute_roof"] = 100 * row["gflops_per_s"] / roof["matmul_GFLOPs"]
         if cell.case.pass_ == "fwd":
             row["gbytes_per_s"] = row["min_bytes"] / (lat * 1e-3) / 1e9
+            row["pct_bw_roof"] = 100 * row["gbytes_per_s"] / roof["copy_GBps"]
+        if opts.calibration:
+            row["latency_norm"] = lat / opts.calibration["score_ms"]
     return row

@@ -54,6 +54,11 @@ def _slow(case: Case, m: nn.Module):
     return run
 
 
+def _nondeterministic(case: Case, m: nn.Module):
+    good = _good(case, m)
+    return lambda x: good(x) * (1 + torch.rand(()) * 1e-6)  # like an atomics-ordered sum: last bits differ
+
+
 class FakeScale(Operator):
     name = "fake-scale"
     description = "test plugin: nearest upsampling times a learned per-channel scale"
@@ -66,6 +71,7 @@ class FakeScale(Operator):
         Impl("crash", _crash, "raises"),
         Impl("fwd-only", _good, "no backward", backward=False),
         Impl("slow", _slow, "the good impl, SLOW_FACTOR times"),
+        Impl("nondeterministic", _nondeterministic, "last-bit noise", deterministic=False),
     )
 
     def module(self, case: Case) -> nn.Module:
