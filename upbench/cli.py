@@ -1,4 +1,4 @@
-"""The ``upbench`` command: list, run, report, env.
+"""The ``upbench`` command: list, run, report, compare, env.
 
 Exit codes: 0 every cell ok or skipped; 1 some cell failed or ran out of memory; 2 bad usage or input
 (one stderr line ``upbench: error: …``, nothing written); 130 interrupted (results so far are kept).
@@ -49,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--budget", type=float, help="latency time budget per cell, seconds")
     run.add_argument("--dry-run", action="store_true", help="list the cells and skip reasons; measure nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--save-baseline", metavar="NAME",
+                     help="also store the results as baselines/<device class>/NAME.json")
+
+    cmp_ = sub.add_parser("compare", help="gate: verdict per row (FASTER/SAME/SLOWER/AMBIGUOUS) of NEW vs BASE")
+    cmp_.add_argument("base", help="run directory, results.json, or baseline:NAME")
+    cmp_.add_argument("new", help="run directory or results.json")
+    cmp_.add_argument("--threshold", type=float, help="minimum effect size as a fraction (default 0.05)")
+    cmp_.add_argument("--thresholds", metavar="TOML", help="per-suite/op/impl thresholds (glob rules)")
+    cmp_.add_argument("--normalise", action="store_true", help="divide times by each run's calibration workload")
+    cmp_.add_argument("--strict", action="store_true", help="exit 3 when AMBIGUOUS rows remain")
+    cmp_.add_argument("--allow-cross-device", action="store_true", help="compare different device classes")
+    cmp_.add_argument("--out", type=Path, help="also write the markdown summary here")
 
     rep = sub.add_parser("report", help="(re)generate report.md from a run directory")
     rep.add_argument("run_dir", type=Path)
@@ -133,6 +145,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     stopping = replace(suite.timing, budget_s=args.budget) if args.budget is not None else suite.timing
     if args.budget is not None and args.budget <= 0:
         raise UsageError("--budget", f"{args.budget} must be > 0 seconds")
+    if args.save_baseline:
+        from .baselines import check_name
+
+        check_name(args.save_baseline)
     if args.dry_run:
         for c in cells:
             print(f"{c.id}  {c.impl:<12} {' + '.join(s.label() for s in c.stages)}  {c.skip or 'run'}")
@@ -175,6 +191,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     meta["elapsed_s"] = time.perf_counter() - t0
     results.write_run(run_dir, rows, meta)
     _write_report(run_dir, None)
+    if args.save_baseline and meta["status"] == "complete":
+        from .baselines import save
+
+        print(f"upbench: baseline saved as {save(run_dir, args.save_baseline)}", file=sys.stderr)
     bad = [r for r in rows if r["status"] in ("failed", "oom")]
     print(f"upbench: {len(rows)} cells, {len(bad)} failed; results and report in {run_dir}", file=sys.stderr)
     if meta["status"] != "complete":
@@ -204,6 +224,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from . import baselines, compare
+
+    thresholds = compare.load_thresholds(args.thresholds, args.threshold)
+    base = baselines.resolve(args.base, args.new)
+    df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device)
+    text = compare.markdown(df, base, args.new, args.normalise)
+    if args.out:
+        from .results import atomic_write
+
+        atomic_write(args.out, text)
+    print(text)
+    return compare.exit_code(df, args.strict)
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from .env import fingerprint
 
@@ -226,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, argv)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         return cmd_env(args)
     except UsageError as exc:
         print(f"upbench: error: {exc}", file=sys.stderr)

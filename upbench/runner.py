@@ -119,7 +119,7 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
             row.update(err_max_abs=a.max_abs, err_rel_rms=a.rel_rms, err_max_rel=a.max_rel,
                        err_border_max_rel=a.border_max_rel, err_interior_max_rel=a.interior_max_rel,
                        err_tol=a.tol, agree=a.ok)
-        fn: Callable[[], object] = make_callable(stages, case.pass_)
+        fn: Callable[[], object] = make_callable(stages, case.pass_, cell.op, cell.impl)
         if "latency" in opts.metrics:
             before = throttle_snapshot(case.device)
             lat = timing.time_fn(fn, case.device, opts.stopping)

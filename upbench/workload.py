@@ -7,6 +7,8 @@ forward for a backward pass — happens here, before any timer or memory probe s
 from __future__ import annotations
 
 import copy
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,8 +44,35 @@ def _leaves(st: Stage) -> list[Tensor]:
         [p for p in st.module.parameters() if p.requires_grad] if st.module is not None else [])
 
 
-def make_callable(stages: list[Stage], pass_: str) -> Callable[[], object]:
+def _test_slowdown(op: str, impl: str) -> float:
+    """Test-only switch ``UPBENCH_TEST_SLOWDOWN=op:impl=1.3``: the gate's tests slow one impl on purpose."""
+    spec = os.environ.get("UPBENCH_TEST_SLOWDOWN", "")
+    for item in filter(None, spec.split(",")):
+        key, _, factor = item.partition("=")
+        if key == f"{op}:{impl}":
+            return float(factor)
+    return 1.0
+
+
+def _slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
+    def slow() -> object:
+        t = time.perf_counter()
+        out = fn()
+        end = t + (time.perf_counter() - t) * factor
+        while time.perf_counter() < end:  # spin: a sleep would give the CPU away and change the neighbours
+            pass
+        return out
+    return slow
+
+
+def make_callable(stages: list[Stage], pass_: str, op: str = "", impl: str = "") -> Callable[[], object]:
     """The zero-argument callable a metric measures for ``pass_``."""
+    fn = _make_callable(stages, pass_)
+    factor = _test_slowdown(op, impl)
+    return _slowed(fn, factor) if factor != 1.0 else fn
+
+
+def _make_callable(stages: list[Stage], pass_: str) -> Callable[[], object]:
     if pass_ == "fwd":
         def fwd() -> list[Tensor]:
             with torch.no_grad():

@@ -1,0 +1,141 @@
+"""The regression gate: verdicts on synthetic samples, exit codes, and real CPU runs slowed on purpose."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from upbench.compare import Thresholds, classify, load_thresholds
+from upbench.results import load_run, write_run
+
+
+def _noise(n, median, rel, seed):
+    return median * (1 + rel * np.random.default_rng(seed).standard_normal(n))
+
+
+def test_ten_percent_slowdown_with_low_noise_is_slower():
+    base, new = _noise(30, 1.0, 0.01, 1), _noise(30, 1.10, 0.01, 2)
+    assert classify(base, new, 0.05)[0] == "SLOWER"
+
+
+def test_identical_distributions_are_same():
+    for seed in range(10):  # never cries wolf on noise alone
+        base, new = _noise(30, 1.0, 0.01, seed), _noise(30, 1.0, 0.01, seed + 100)
+        assert classify(base, new, 0.05)[0] == "SAME"
+
+
+def test_wide_overlapping_noise_is_ambiguous():
+    base, new = _noise(8, 1.0, 0.3, 3), _noise(8, 1.08, 0.3, 4)
+    assert classify(base, new, 0.05)[0] == "AMBIGUOUS"
+
+
+def test_faster_and_small_effects():
+    assert classify(_noise(30, 1.0, 0.01, 5), _noise(30, 0.8, 0.01, 6), 0.05)[0] == "FASTER"
+    assert classify(_noise(30, 1.0, 0.005, 7), _noise(30, 1.02, 0.005, 8), 0.05)[0] == "SAME"  # below the effect
+
+
+def test_threshold_rules_last_match_wins(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text('default = 0.05\n[[rule]]\nop = "sapa*"\nthreshold = 0.2\n[[rule]]\nop = "sapa"\nimpl = "lean"\n'
+                 'threshold = 0.1\n')
+    t = load_thresholds(str(f), None)
+    assert t.for_row("x", "bilinear", "torch") == 0.05
+    assert t.for_row("x", "sapa-b", "lean") == 0.2 and t.for_row("x", "sapa", "lean") == 0.1
+    assert Thresholds(0.3).for_row("a", "b", "c") == 0.3
+
+
+def _run_dir(tmp_path, name, rows, device_cpu="AMD EPYC"):
+    d = tmp_path / name
+    write_run(d, rows, {"env": {"cpu_model": device_cpu, "torch_threads": 2, "gpu": {"devices": []}},
+                        "calibration": {"cpu": {"copy_ms": 2.0, "matmul_ms": 2.0}}})
+    return d
+
+
+def _row(cid, samples, status="ok", agree=True, impl="lean"):
+    return {"suite": "s", "cell_id": cid, "op": "sapa", "impl": impl, "pass": "fwd", "device": "cpu", "H": 8,
+            "status": status, "reason": "" if status == "ok" else "RuntimeError: boom", "agree": agree,
+            "err_max_rel": 1e-6 if agree else 1.0, "err_tol": 1e-4,
+            "latency_samples_ms": json.dumps(list(samples))}
+
+
+def test_cli_exit_codes_and_one_sided_rows(run_cli, tmp_path):
+    same = _noise(20, 1.0, 0.01, 1)
+    base = _run_dir(tmp_path, "base", [_row("a", same), _row("b", same), _row("gone", same)])
+    new_ok = _run_dir(tmp_path, "ok", [_row("a", _noise(20, 1.0, 0.01, 2)), _row("b", same),
+                                       _row("added", same)])
+    code, out, _ = run_cli("compare", base, new_ok)
+    assert code == 0 and "ONLY_BASE" in out and "ONLY_NEW" in out and "SAME" in out
+    slow = _run_dir(tmp_path, "slow", [_row("a", _noise(20, 1.2, 0.01, 3)), _row("b", same)])
+    code, out, _ = run_cli("compare", base, slow, "--out", tmp_path / "cmp.md")
+    assert code == 1 and "SLOWER" in out and (tmp_path / "cmp.md").read_text() == out.rstrip("\n") + "\n"
+    failed = _run_dir(tmp_path, "failed", [_row("a", same, status="failed"), _row("b", same, agree=False)])
+    code, out, _ = run_cli("compare", base, failed)
+    assert code == 1 and "FAILED" in out and "WRONG" in out
+    noisy = _run_dir(tmp_path, "noisy", [_row("a", _noise(6, 1.05, 0.3, 4)), _row("b", same)])
+    assert run_cli("compare", base, noisy)[0] == 0
+    assert run_cli("compare", base, noisy, "--strict")[0] == 3
+
+
+def test_cli_refuses_other_device_classes_and_bad_files(run_cli, tmp_path):
+    base = _run_dir(tmp_path, "base", [_row("a", [1.0, 1.0, 1.0])])
+    other = _run_dir(tmp_path, "other", [_row("a", [1.0, 1.0, 1.0])], device_cpu="Intel Xeon")
+    code, _, err = run_cli("compare", base, other)
+    assert code == 2 and "device classes differ" in err and err.count("\n") == 1
+    assert run_cli("compare", base, other, "--allow-cross-device")[0] == 0
+    (tmp_path / "junk.json").write_text("{")
+    code, _, err = run_cli("compare", tmp_path / "junk.json", base)
+    assert code == 2 and "not valid JSON" in err
+    code, _, err = run_cli("compare", "baseline:nope", base)
+    assert code == 2 and "no baseline" in err
+
+
+GATE_SUITE = """
+[suite]
+metrics = ["latency"]
+[timing]
+budget_s = 0.6
+min_samples = 15
+target_rel_iqr = 0.01
+[axes]
+C = 16
+H = 16
+K = 3
+threads = 1  # one thread: no straggling worker thread when the machine is shared
+[[op]]
+name = "sapa"
+impls = ["lean"]
+"""
+
+
+def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_path, monkeypatch):
+    suite = tmp_path / "g.toml"
+    suite.write_text(GATE_SUITE)
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("run", "--suite", suite, "--out", "base", "--no-progress", "--save-baseline", "g")[0] == 0
+    (saved,) = (tmp_path / "baselines").glob("*/g.json")
+    for i in range(2):  # the unchanged impl passes, repeatedly
+        assert run_cli("run", "--suite", suite, "--out", f"again{i}", "--no-progress")[0] == 0
+        code, out, _ = run_cli("compare", "baseline:g", f"again{i}", "--threshold", "0.15", "--normalise")
+        assert code == 0, out
+    monkeypatch.setenv("UPBENCH_TEST_SLOWDOWN", "sapa:lean=1.3")
+    assert run_cli("run", "--suite", suite, "--out", "slow", "--no-progress")[0] == 0
+    code, out, _ = run_cli("compare", "baseline:g", "slow", "--threshold", "0.15", "--normalise")
+    assert code == 1 and "SLOWER" in out, out
+    df, _ = load_run(tmp_path / "slow")
+    base_df, _ = load_run(saved)
+    ratio = df["latency_median_ms"].iloc[0] / base_df["latency_median_ms"].iloc[0]
+    assert ratio == pytest.approx(1.3, rel=0.15)
+
+
+def test_save_baseline_bad_name_writes_nothing(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("run", "--suite", "smoke", "--out", "r", "--save-baseline", "a/b")
+    assert code == 2 and "--save-baseline a/b" in err and not (tmp_path / "r").exists()
+
+
+def test_copy_of_a_run_compares_same(tmp_path, run_cli):
+    d = _run_dir(tmp_path, "a", [_row("x", _noise(10, 1.0, 0.02, 9))])
+    shutil.copytree(d, tmp_path / "b")
+    code, out, _ = run_cli("compare", d, tmp_path / "b", "--normalise")
+    assert code == 0 and "1 SAME" in out
