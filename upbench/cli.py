@@ -62,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--allow-cross-device", action="store_true", help="compare different device classes")
     cmp_.add_argument("--out", type=Path, help="also write the markdown summary here")
 
-    rep = sub.add_parser("report", help="(re)generate report.md from a run directory")
-    rep.add_argument("run_dir", type=Path)
-    rep.add_argument("--out", type=Path, help="output file (default RUN_DIR/report.md)")
+    rep = sub.add_parser("report", help="markdown report (with figures) from one or more run directories")
+    rep.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories or results.json files")
+    rep.add_argument("--out", type=Path, help="output file (default RUN/report.md; required for several runs)")
 
     env = sub.add_parser("env", help="print the environment fingerprint stored with every run")
     env.add_argument("--json", action="store_true")
@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         bar.close()
     meta["elapsed_s"] = time.perf_counter() - t0
     results.write_run(run_dir, rows, meta)
-    _write_report(run_dir, None)
+    _write_report([run_dir], None)
     if args.save_baseline and meta["status"] == "complete":
         from .baselines import save
 
@@ -209,18 +209,21 @@ def _progress(total: int, disabled: bool) -> Any:
                 dynamic_ncols=True)
 
 
-def _write_report(run_dir: Path, out: Path | None) -> Path:
+def _write_report(paths: list[Path], out: Path | None) -> Path:
     from .report import render
     from .results import atomic_write, load_run
 
-    df, meta = load_run(run_dir)
-    target = out or (run_dir if run_dir.is_dir() else run_dir.parent) / "report.md"
-    atomic_write(target, render(df, meta))
-    return target
+    runs = [((p if p.is_dir() else p.parent).name, *load_run(p)) for p in paths]
+    if out is None:
+        if len(paths) > 1:
+            raise UsageError("report", "several runs make one report", "give --out FILE.md")
+        out = (paths[0] if paths[0].is_dir() else paths[0].parent) / "report.md"
+    atomic_write(out, render(runs, out))
+    return out
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(_write_report(args.run_dir, args.out))
+    print(_write_report(args.runs, args.out))
     return EXIT_OK
 
 

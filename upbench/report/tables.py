@@ -1,9 +1,9 @@
-"""Markdown report of one run, made with tabulate from the tidy results.
+"""The report's tables, made with tabulate from tidy results.
 
-Per operator: a table of every measured cell (latency median ± IQR, peak memory and its ratio to the
-leanest impl of the same case, MACs, params, agreement) and, where an operator has several impls, pivots
-of latency and peak memory over the swept axes with one column per impl. Then the skipped and failed
-cells with their reasons, the environment, and the command that reproduces the run.
+Per operator: a table of every measured cell (latency median ± IQR, peak memory and its ratios to the
+leanest impl of the same case and to the ideal footprint, MACs, params, % of roofline, agreement,
+determinism) and, where an operator has several impls, pivots over the swept axes with one column per
+impl. A paper-style overhead table per model suite; skipped and failed cells; the environment.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-AXIS_COLS = ("stages", "B", "C", "Cy", "H", "W", "s", "K", "dtype", "device", "pass", "threads", "hp")
+AXIS_COLS = ("run", "stages", "B", "C", "Cy", "H", "W", "s", "K", "dtype", "device", "pass", "threads", "hp")
 MiB = 2**20
 
 
@@ -71,6 +71,20 @@ def _with_ratio(ok: pd.DataFrame) -> pd.DataFrame:
     return ok
 
 
+def _roof(r: pd.Series) -> str:
+    c, b = _num(r.get("pct_compute_roof")), _num(r.get("pct_bw_roof"))
+    if c is None and b is None:
+        return "–"
+    return f"{_fmt(c, '.2g')} / {_fmt(b, '.2g')}"
+
+
+def _bits(r: pd.Series) -> str:
+    v = r.get("bitwise_repeatable")
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return "✓" if v in (True, "True", 1) else "✗"
+
+
 def op_table(ok: pd.DataFrame) -> str:
     vary = _varying(ok)
     ok = _with_ratio(ok)
@@ -78,10 +92,30 @@ def op_table(ok: pd.DataFrame) -> str:
     for _, r in ok.iterrows():
         rows.append([*(_axis_value(r[c]) for c in vary), r["impl"], _latency(r),
                      _fmt(r["_peak"] / MiB if _num(r["_peak"]) is not None else None, ".4g"),
-                     _fmt(r["_ratio"], ".2f"), _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"),
-                     _fmt(r["params"], ".6g"), _fmt(r.get("gflops_per_s"), ".3g"), _agree(r)])
-    head = [*vary, "impl", "latency ms (median ± IQR)", "peak MiB", "× leanest", "GMACs", "params",
-            "GFLOP/s", "agreement max|err|/rms"]
+                     _fmt(r["_ratio"], ".2f"), _fmt(r.get("peak_over_ideal"), ".2f"),
+                     _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"),
+                     _fmt(r["params"], ".6g"), _fmt(r.get("gflops_per_s"), ".3g"), _roof(r), _agree(r), _bits(r)])
+    head = [*vary, "impl", "latency ms (median ± IQR)", "peak MiB", "× leanest", "× ideal", "GMACs", "params",
+            "GFLOP/s", "% roof (compute / bw)", "agreement max|err|/rms", "bitwise"]
+    return tabulate(rows, head, tablefmt="github", disable_numparse=True)
+
+
+def paper_table(ok: pd.DataFrame) -> str:
+    """One row per operator × impl: the overhead table of upsampler papers, generated, never typed."""
+    ok = ok.copy()
+    base = ok[ok["op"] == "bilinear"]
+    base_lat = _num(base["latency_median_ms"].min()) if not base.empty else None
+    rows = []
+    for (op, impl), g in ok.groupby(["op", "impl"], sort=False):
+        r = g.iloc[0]
+        lat = _num(r.get("latency_median_ms"))
+        speed = _fmt(base_lat / lat, ".2f") if base_lat and lat else "–"
+        rows.append([op, impl, _fmt(_num(r["params"]) and _num(r["params"]) / 1e6, ".4g"),
+                     _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"), _latency(r),
+                     speed, _fmt(_num(r.get("peak_mem_bytes")) and _num(r["peak_mem_bytes"]) / MiB, ".4g"),
+                     _agree(r)])
+    head = ["operator", "impl", "+params (M)", "+GMACs", "latency ms", "bilinear time / this",
+            "peak MiB", "agreement"]
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 
 
@@ -99,7 +133,7 @@ def pivot(ok: pd.DataFrame, column: str, scale: float, title: str) -> str | None
     return f"**{title}**\n\n" + tabulate(rows, [*vary, *p.columns], tablefmt="github", disable_numparse=True)
 
 
-def _not_ok(df: pd.DataFrame) -> str:
+def not_ok(df: pd.DataFrame) -> str:
     bad = df[df["status"] != "ok"]
     if bad.empty:
         return "Every cell ran."
@@ -119,40 +153,9 @@ def _not_ok(df: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
-def _env(meta: dict[str, Any]) -> str:
+def env_table(meta: dict[str, Any]) -> str:
     env = meta.get("env", {})
     rows = []
     for k, v in env.items():
         rows.append([k, json.dumps(v) if isinstance(v, (dict, list)) else str(v)])
     return tabulate(rows, ["field", "value"], tablefmt="github", disable_numparse=True)
-
-
-def render(df: pd.DataFrame, meta: dict[str, Any]) -> str:
-    suite = meta.get("suite", {})
-    counts = df["status"].value_counts().to_dict()
-    out = [f"# upbench report — suite `{suite.get('name', '?')}`", ""]
-    if suite.get("description"):
-        out += [suite["description"], ""]
-    out += [f"Cells: {len(df)} — " + ", ".join(f"{n} {k}" for k, n in counts.items()) +
-            f". Run {meta.get('status', '?')}, started {meta.get('started', '?')}, "
-            f"{_fmt(meta.get('elapsed_s'), '.1f')} s.", "",
-            "Latency: median ± IQR of per-call times; peak memory: extra allocation over the live inputs, "
-            "measured in its own pass; × leanest: ratio to the impl with the smallest peak on the same case; "
-            "agreement: max |impl − float64 reference| / RMS(reference), ✓ within the dtype's tolerance. "
-            "Columns are defined in docs/results.md.", ""]
-    ok_all = df[df["status"] == "ok"]
-    for op in dict.fromkeys(df["op"]):
-        ok = ok_all[ok_all["op"] == op]
-        out += [f"## {op}", ""]
-        if ok.empty:
-            out += ["No cell of this operator ran (see below).", ""]
-            continue
-        out += [op_table(ok), ""]
-        for col, scale, title in (("latency_median_ms", 1.0, "Latency (ms, median) by impl"),
-                                  ("peak_mem_bytes", MiB, "Peak memory (MiB) by impl")):
-            p = pivot(ok, col, scale, title)
-            if p:
-                out += [p, ""]
-    out += ["## Skipped and failed cells", "", _not_ok(df), "", "## Environment", "", _env(meta), "",
-            "## Reproduce", "", "```", meta.get("command", "?"), "```", ""]
-    return "\n".join(out)

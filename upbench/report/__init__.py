@@ -1,0 +1,111 @@
+"""One markdown report from one or more runs (e.g. a CPU run and a GPU run side by side).
+
+Layout: header; per suite — paper-style overhead table (model suites), per-operator tables and pivots,
+figures, scaling diagnostics; skipped and failed cells; an environment section per run; the commands that
+reproduce the runs. Figures are PNG files in ``<report>-figs/`` beside the markdown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from ..env import device_class
+from . import plots
+from .scaling import fits
+from .tables import MiB, _fmt, env_table, not_ok, op_table, paper_table, pivot
+
+Run = tuple[str, pd.DataFrame, dict[str, Any]]
+
+INTRO = ("Latency: median ± IQR of per-call times, `(noisy)` when the spread stayed above the suite's target. "
+         "Peak memory: extra allocation over the live inputs, in its own pass; × leanest: ratio to the impl "
+         "with the smallest peak on the same case; × ideal: ratio to the bytes of the results themselves. "
+         "% roof: achieved GFLOP/s and GB/s over the device's probed matmul and copy ceilings. Agreement: max "
+         "|impl − float64 reference| / RMS(reference), ✓ within the dtype's tolerance. Columns: docs/results.md.")
+
+
+def combine(runs: list[Run]) -> pd.DataFrame:
+    frames = []
+    for name, df, meta in runs:
+        env = meta.get("env", {})
+        cls = {d: device_class(env, d) for d in df["device"].dropna().unique()}
+        prefix = f"{name}: " if len(runs) > 1 else ""
+        frames.append(df.assign(run=[f"{prefix}{cls.get(d, '?')}" for d in df["device"]]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _figures(ok: pd.DataFrame, suite: str, kind: str, ceilings: dict[str, Any], fig_dir: Path,
+             rel: str) -> list[str]:
+    made: list[tuple[str, Path | None]] = []
+    if kind == "model":
+        made.append(("Overhead per operator", plots.model_overhead(ok, fig_dir / f"{suite}-overhead.png")))
+    else:
+        made += [("Latency against output pixels", plots.latency_vs_pixels(ok, fig_dir / f"{suite}-latency.png")),
+                 ("Peak memory against resolution", plots.memory_vs_resolution(ok, fig_dir / f"{suite}-mem-res.png")),
+                 ("Peak memory against K", plots.memory_vs_K(ok, fig_dir / f"{suite}-mem-k.png")),
+                 ("Roofline", plots.roofline(ok, ceilings, fig_dir / f"{suite}-roofline.png"))]
+    return [f"![{title}]({rel}/{p.name})" for title, p in made if p is not None]
+
+
+def _scaling_table(ok: pd.DataFrame) -> str | None:
+    fs = fits(ok)
+    if not fs:
+        return None
+    rows = [[f.op, f.impl, f.group, f.points, f"{f.slope:.2f}", f"{f.small_slope:.2f}", f.verdict] for f in fs]
+    return ("**Scaling**: fitted slope of log latency against log output pixels (1 = linear).\n\n" +
+            tabulate(rows, ["op", "impl", "fixed axes", "sizes", "slope", "slope at the smallest sizes", "diagnosis"],
+                     tablefmt="github", disable_numparse=True))
+
+
+def render(runs: list[Run], out: Path) -> str:
+    """The markdown text; figures are written beside ``out``."""
+    df = combine(runs)
+    fig_dir = out.parent / f"{out.stem}-figs"
+    metas = {name: meta for name, _, meta in runs}
+    kinds = {m.get("suite", {}).get("name"): m.get("suite", {}).get("kind", "sweep") for m in metas.values()}
+    descs = {m.get("suite", {}).get("name"): m.get("suite", {}).get("description", "") for m in metas.values()}
+    ceilings = {k: v for m in metas.values() for k, v in (m.get("ceilings") or {}).items()}
+    suites = list(dict.fromkeys(df["suite"]))
+    title = ", ".join(f"`{s}`" for s in suites)
+    counts = df["status"].value_counts().to_dict()
+    out_lines = [f"# upbench report — {title}", "",
+                 f"Runs: {len(runs)}; cells: {len(df)} — " + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
+                 "", INTRO, ""]
+    for suite in suites:
+        sdf = df[df["suite"] == suite]
+        ok_all = sdf[sdf["status"] == "ok"]
+        out_lines += [f"## Suite `{suite}`", ""]
+        if descs.get(suite):
+            out_lines += [descs[suite], ""]
+        if kinds.get(suite) == "model" and not ok_all.empty:
+            out_lines += ["### Overhead over the model's upsampling stages", "",
+                          paper_table(ok_all[ok_all["pass"] == "fwd"]), ""]
+        for op in dict.fromkeys(sdf["op"]):
+            ok = ok_all[ok_all["op"] == op]
+            out_lines += [f"### {op}", ""]
+            if ok.empty:
+                out_lines += ["No cell of this operator ran (see below).", ""]
+                continue
+            out_lines += [op_table(ok), ""]
+            for col, scale, t in (("latency_median_ms", 1.0, "Latency (ms, median) by impl"),
+                                  ("peak_mem_bytes", MiB, "Peak memory (MiB) by impl")):
+                p = pivot(ok, col, scale, t)
+                if p:
+                    out_lines += [p, ""]
+        if not ok_all.empty:
+            figs = _figures(ok_all, suite, kinds.get(suite, "sweep"), ceilings, fig_dir, fig_dir.name)
+            if figs:
+                out_lines += ["### Figures", "", *[f + "\n" for f in figs]]
+            sc = _scaling_table(ok_all)
+            if sc:
+                out_lines += [sc, ""]
+        out_lines += ["### Skipped and failed cells", "", not_ok(sdf), ""]
+    for name, meta in metas.items():
+        hdr = f"## Environment — {name}" if len(runs) > 1 else "## Environment"
+        out_lines += [hdr, "", f"Run {meta.get('status', '?')}, started {meta.get('started', '?')}, "
+                      f"{_fmt(meta.get('elapsed_s'), '.1f')} s.", "", env_table(meta), ""]
+    out_lines += ["## Reproduce", "", "```", *[m.get("command", "?") for m in metas.values()], "```", ""]
+    return "\n".join(out_lines)
