@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from upbench.operators import sapa_kernels
 
 from upbench.cases import Case
 from upbench.plugin import Impl, Operator
@@ -94,7 +95,7 @@ def core_reference(q: Tensor, k: Tensor, v: Tensor, K: int, s: int) -> Tensor:
     return sum(A[..., m:m + 1] * vals[m] for m in range(K * K))
 
 
-CORE_IMPLS: dict[str, CoreFn] = {"unfold": core_unfold, "lean": core_lean}
+CORE_IMPLS: dict[str, CoreFn] = {"unfold": core_unfold, "lean": core_lean, **sapa_kernels.CORE_FNS}
 
 
 def _core_factory(name: str):
@@ -114,9 +115,11 @@ class SapaCore(Operator):
     description = "SAPA core op on given q, k, v (channels-last): sim → softmax over K² → atn; d = Cy"
     uses_Cy = True
     channels_last = True
+    model_impls = ("cupy-fused", "cupy", "cpu-kernel", "lean", "unfold")
     impls = (
         Impl("unfold", _core_factory("unfold"), "F.unfold + einsum, the paper's pure-PyTorch form (K² memory)"),
         Impl("lean", _core_factory("lean"), "loop over K² shifted views; O(output) memory, autograd"),
+        *sapa_kernels.IMPLS,
     )
 
     def inputs(self, case: Case, gen: torch.Generator) -> dict[str, Tensor]:

@@ -116,11 +116,11 @@ def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_pat
     (saved,) = (tmp_path / "baselines").glob("*/g.json")
     for i in range(2):  # the unchanged impl passes, repeatedly
         assert run_cli("run", "--suite", suite, "--out", f"again{i}", "--no-progress")[0] == 0
-        code, out, _ = run_cli("compare", "baseline:g", f"again{i}", "--threshold", "0.15", "--normalise")
+        code, out, _ = run_cli("compare", "baseline:g", f"again{i}", "--threshold", "0.15")
         assert code == 0, out
     monkeypatch.setenv("UPBENCH_TEST_SLOWDOWN", "sapa:lean=1.3")
     assert run_cli("run", "--suite", suite, "--out", "slow", "--no-progress")[0] == 0
-    code, out, _ = run_cli("compare", "baseline:g", "slow", "--threshold", "0.15", "--normalise")
+    code, out, _ = run_cli("compare", "baseline:g", "slow", "--threshold", "0.15")
     assert code == 1 and "SLOWER" in out, out
     df, _ = load_run(tmp_path / "slow")
     base_df, _ = load_run(saved)
@@ -139,3 +139,11 @@ def test_copy_of_a_run_compares_same(tmp_path, run_cli):
     shutil.copytree(d, tmp_path / "b")
     code, out, _ = run_cli("compare", d, tmp_path / "b", "--normalise")
     assert code == 0 and "1 SAME" in out
+
+
+def test_missing_baseline_can_pass_explicitly(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    new = _run_dir(tmp_path, "new", [_row("a", [1.0, 1.0, 1.0])])
+    code, _, err = run_cli("compare", "baseline:main", new, "--if-missing", "pass")
+    assert code == 0 and "no gate" in err
+    assert run_cli("compare", "baseline:main", new)[0] == 2

@@ -149,3 +149,23 @@ name = "bilinear"
 """
     cells = sweeps.expand(suite(text))
     assert len(cells) == 1 and [(c.H, c.w) for c in cells[0].stages] == [(4, 4), (8, 6)]
+
+
+def test_per_operator_axes_and_model_impl_preference():
+    text = BASE + '[[op]]\nname = "bilinear"\naxes = { C = 3, K = 9 }\n'
+    cells = sweeps.expand(suite(text))
+    assert {c.case.C for c in cells if c.op == "bilinear"} == {3}
+    assert {c.case.C for c in cells if c.op == "sapa"} == {8, 16}
+    model = """
+[suite]
+kind = "model"
+[[stage]]
+C = 8
+H = 4
+[[op]]
+name = "sapa"
+"""
+    (cell,) = sweeps.expand(suite(model))
+    pref = [n for n in ("cupy-fused", "cupy", "cpu-kernel", "lean") if n in {i.name for i in
+            sweeps.registry.get("sapa").impls} and not sweeps.registry.get("sapa").impl(n).unavailable("cpu")]
+    assert cell.impl == (pref[0] if pref else "unfold")

@@ -17,6 +17,10 @@ ROOT = Path("baselines")
 PREFIX = "baseline:"
 
 
+class MissingBaseline(UsageError):
+    """baseline:NAME has no file for NEW's device class."""
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
@@ -50,5 +54,5 @@ def resolve(spec: str, new_run: str, root: Path = ROOT) -> str:
     path = root / slug(class_of(new_run)) / f"{name}.json"
     if not path.is_file():
         have = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.json")) if root.is_dir() else []
-        raise UsageError(spec, f"no baseline {path}", f"saved baselines: {', '.join(have) or 'none'}")
+        raise MissingBaseline(spec, f"no baseline {path}", f"saved baselines: {', '.join(have) or 'none'}")
     return str(path)

@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--strict", action="store_true", help="exit 3 when AMBIGUOUS rows remain")
     cmp_.add_argument("--allow-cross-device", action="store_true", help="compare different device classes")
     cmp_.add_argument("--out", type=Path, help="also write the markdown summary here")
+    cmp_.add_argument("--if-missing", choices=("fail", "pass"), default="fail",
+                      help="baseline:NAME absent for this device class: usage error (default) or pass with a note")
 
     rep = sub.add_parser("report", help="markdown report (with figures) from one or more run directories")
     rep.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories or results.json files")
@@ -231,7 +233,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from . import baselines, compare
 
     thresholds = compare.load_thresholds(args.thresholds, args.threshold)
-    base = baselines.resolve(args.base, args.new)
+    try:
+        base = baselines.resolve(args.base, args.new)
+    except baselines.MissingBaseline as exc:
+        if args.if_missing == "fail":
+            raise
+        print(f"upbench: no gate: {exc}", file=sys.stderr)
+        return EXIT_OK
     df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device)
     text = compare.markdown(df, base, args.new, args.normalise)
     if args.out:

@@ -85,6 +85,16 @@ DEFAULT_TOLERANCE: dict[str, float] = {
 }
 
 
+# Gradients pass through the softmax, norms and gathers in the working dtype, so half-precision backward
+# errors are several times the forward's; the bound is on the same max |error| / RMS(reference) scale.
+DEFAULT_BWD_TOLERANCE: dict[str, float] = {
+    "float64": 1e-8,
+    "float32": 1e-3,
+    "float16": 5e-2,
+    "bfloat16": 0.25,
+}
+
+
 class Operator:
     """Base class of an operator plugin. Subclasses set the class attributes and override the methods."""
 
@@ -96,7 +106,11 @@ class Operator:
     channels_last: bool = False  # output is (B, sH, sW, C) rather than (B, C, sH, sW)
     hyperparams: tuple[HyperParam, ...] = ()
     impls: tuple[Impl, ...] = ()
+    # Model suites run one impl per operator: the first of these that can run on the device, else the first
+    # declared. Put the impl a paper would ship (a kernel, then the lean torch form) before the reference.
+    model_impls: tuple[str, ...] = ()
     tolerance: dict[str, float] = DEFAULT_TOLERANCE
+    bwd_tolerance: dict[str, float] = DEFAULT_BWD_TOLERANCE  # for gradients (bwd, fwd+bwd passes)
 
     # -- validation -----------------------------------------------------------------------------------
     @property

@@ -32,6 +32,7 @@ class OpSel:
     name: str
     impls: tuple[str, ...] | None = None
     params: tuple[tuple[str, Any], ...] = ()
+    axes: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # this operator's own axis values (over [axes])
 
 
 @dataclass(frozen=True)
@@ -145,11 +146,16 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
 def _op(o: Any, where: str) -> OpSel:
     if not isinstance(o, dict) or "name" not in o:
         raise UsageError(where, "each [[op]] needs a name")
-    extra = set(o) - {"name", "impls", "params"}
+    extra = set(o) - {"name", "impls", "params", "axes"}
     if extra:
-        raise UsageError(where, f"[[op]] {o['name']}: unknown key(s) {', '.join(sorted(extra))}")
+        raise UsageError(where, f"[[op]] {o['name']}: unknown key(s) {', '.join(sorted(extra))}",
+                         "keys are name, impls, params, axes")
     impls = o.get("impls")
-    return OpSel(o["name"], tuple(impls) if impls else None, tuple(sorted(o.get("params", {}).items())))
+    axes = o.get("axes", {})
+    if not isinstance(axes, dict):
+        raise UsageError(where, f"[[op]] {o['name']}: axes must be a table")
+    own = tuple((k, normalise(k, v, f"{where}, [[op]] {o['name']}")) for k, v in axes.items())
+    return OpSel(o["name"], tuple(impls) if impls else None, tuple(sorted(o.get("params", {}).items())), own)
 
 
 def _skip(s: Any, where: str) -> Skip:
@@ -187,10 +193,8 @@ def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tu
            overrides: dict[str, tuple[Any, ...]] | None = None,
            params: dict[str, Any] | None = None) -> list[Cell]:
     """The ordered, de-duplicated cells of ``suite``; raises UsageError on values no cell can use."""
-    axes = {"pass": ("fwd",), **suite.axes, **(overrides or {})}
     defaults = {k: (v,) for k, v in INT_AXES.items()} | {"dtype": ("float32",), "device": ("cpu",),
-                                                         "layout": ("nchw",), "threads": (None,)}
-    axes = {**defaults, **axes}
+                                                         "layout": ("nchw",), "threads": (None,), "pass": ("fwd",)}
     sels = [o for o in suite.ops if not only_ops or o.name in only_ops]
     if only_ops:
         missing = [n for n in only_ops if n not in {o.name for o in suite.ops}]
@@ -206,19 +210,27 @@ def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tu
     seen: set[str] = set()
     for sel in sels:
         op = registry.get(sel.name)
-        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **(params or {})}.items())))
+        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **(params or {})}.items())), sel.axes)
         unknown = set(dict(sel.params)) - set(op.defaults())
         if unknown:
             raise UsageError(f"operator {op.name}", f"unknown hyperparameter(s) {', '.join(sorted(unknown))}",
                              f"hyperparameters are {', '.join(op.defaults()) or 'none'}")
         impls = _select_impls(op, sel, only_impls)
+        # precedence: defaults < the suite's [axes] < this operator's axes < command-line --set
+        axes = {**defaults, **suite.axes, **dict(sel.axes), **(overrides or {})}
         names = list(axes)
         op_cells: list[Cell] = []
         for combo in itertools.product(*(axes[n] for n in names)):
             vals = dict(zip(names, combo, strict=True))
             for stage_cases in _stage_cases(op, sel, vals, suite):
-                for impl in impls:
-                    cell = _cell(op, impl, stage_cases, suite)
+                candidates = [_cell(op, impl, stage_cases, suite) for impl in impls]
+                if suite.kind == "model" and not sel.impls and not only_impls:
+                    # A model table compares operators: one impl each, the operator's most preferred that can
+                    # run here (its `model_impls`, then declaration order).
+                    pref = {n: i for i, n in enumerate(op.model_impls)}
+                    ranked = sorted(candidates, key=lambda c: pref.get(c.impl, len(pref)))
+                    candidates = [next((c for c in ranked if not c.skip), ranked[0])]
+                for cell in candidates:
                     if cell.id not in seen:
                         seen.add(cell.id)
                         op_cells.append(cell)

@@ -1,0 +1,270 @@
+"""SAPA's kernels (kernels/sapa.cu) as torch custom ops, and the kernel-backed impls of the SAPA core.
+
+Ops (namespace ``upbench``), channels-last, all of one dtype (float64/32/16, bfloat16) and device:
+  ``sapa_sim(q, k, K, s) -> S``       S[b,i,j,m] = <q(i,j), k(slot m)>, 0 off the map
+  ``sapa_atn(A, v, K, s) -> out``     out(i,j) = Σ_m A[b,i,j,m] · v(slot m)
+  ``sapa_atn_t(A, g, K, s) -> dv``    the transpose of atn as a gather (backward of both ops)
+  ``sapa_fused(q, k, v, K, s)``       atn(softmax(sim)) without the K² map; forward only
+Each has a fake (meta) impl, a FLOP formula for FlopCounterMode, and sim/atn an autograd formula built from
+the same ops, so torch.compile, opcheck and gradcheck work. A CUDA tensor runs the CuPy build
+(upbench._cuda), a CPU tensor the same source through the host shim (upbench._cpu_shim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from upbench import _cpu_shim, _cuda
+from upbench.cases import Case
+from upbench.plugin import Impl
+
+FAMILY = "sapa"
+MAX_K = 15  # UPB_MAX_K in kernels/upb_common.cuh
+_SUFFIX = {torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+
+
+# -- argument checks and launching ---------------------------------------------------------------------
+def _check(op: str, K: int, s: int, *ts: Tensor) -> None:
+    if not (1 <= K <= MAX_K and K % 2 == 1):
+        raise ValueError(f"upbench::{op}: K={K}; the kernels need an odd K from 1 to {MAX_K}")
+    if s < 1:
+        raise ValueError(f"upbench::{op}: s={s}; the scale must be a positive integer")
+    for t in ts:
+        if t.dim() != 4:
+            raise ValueError(f"upbench::{op}: expected channels-last 4-d tensors, got shape {tuple(t.shape)}")
+        if t.dtype != ts[0].dtype or t.device != ts[0].device:
+            raise ValueError(f"upbench::{op}: all tensors must share dtype and device "
+                             f"({ts[0].dtype} on {ts[0].device} vs {t.dtype} on {t.device})")
+    if ts[0].dtype not in _SUFFIX:
+        raise ValueError(f"upbench::{op}: dtype {ts[0].dtype} is not supported; use float64/32/16 or bfloat16")
+
+
+def _check_hi(op: str, hi: Tensor, lo_shape: torch.Size | tuple[int, ...], s: int, width: int | None) -> None:
+    B, H, W = lo_shape[:3]
+    if tuple(hi.shape[:3]) != (B, H * s, W * s) or (width is not None and hi.shape[3] != width):
+        want = f"({B}, {H * s}, {W * s}, {width if width is not None else '·'})"
+        raise ValueError(f"upbench::{op}: high-res tensor has shape {tuple(hi.shape)}, expected {want}")
+
+
+def _chunk(t: Tensor) -> int:
+    return _cuda.CHUNK if t.device.type == "cuda" else _cpu_shim.VARIANTS[_cpu_shim.current_variant()].chunk
+
+
+def _launch(kernel: str, items: int, *args: Tensor | int) -> None:
+    t = next(a for a in args if isinstance(a, Tensor))
+    entry = f"{FAMILY}_{kernel}_{_SUFFIX[t.dtype]}"
+    if t.device.type == "cuda":
+        _cuda.launch(FAMILY, entry, items, *args)
+    elif t.device.type == "cpu":
+        _cpu_shim.launch(FAMILY, entry, items, *args)
+    else:
+        raise ValueError(f"upbench::sapa_{kernel}: no kernel for device {t.device}")
+
+
+# The *_into functions write into caller-provided outputs (tests poison them first); the ops allocate.
+def sim_into(q: Tensor, k: Tensor, S: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, D = k.shape
+    _launch("sim", B * H * W, q, k, S, B, H, W, D, K, s)
+    return S
+
+
+def atn_into(A: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, C = v.shape
+    _launch("atn", B * H * W, A, v, out, B, H, W, C, K, s)
+    return out
+
+
+def atn_t_into(A: Tensor, g: Tensor, out: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, C = out.shape
+    chunks = -(-C // _chunk(g))
+    _launch("atn_t", B * chunks * H * W, A, g, out, B, H, W, C, K, s)
+    return out
+
+
+def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, D = k.shape
+    _launch("fused", B * H * W, q, k, v, out, B, H, W, D, v.shape[3], K, s)
+    return out
+
+
+# -- custom ops ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("upbench::sapa_sim", mutates_args=())
+def sapa_sim(q: Tensor, k: Tensor, K: int, s: int) -> Tensor:
+    _check("sapa_sim", K, s, q, k)
+    _check_hi("sapa_sim", q, k.shape, s, k.shape[3])
+    q, k = q.contiguous(), k.contiguous()
+    B, H, W, _ = k.shape
+    return sim_into(q, k, q.new_empty(B, H * s, W * s, K * K), K, s)
+
+
+@torch.library.custom_op("upbench::sapa_atn", mutates_args=())
+def sapa_atn(A: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    _check("sapa_atn", K, s, A, v)
+    _check_hi("sapa_atn", A, v.shape, s, K * K)
+    A, v = A.contiguous(), v.contiguous()
+    B, H, W, C = v.shape
+    return atn_into(A, v, v.new_empty(B, H * s, W * s, C), K, s)
+
+
+@torch.library.custom_op("upbench::sapa_atn_t", mutates_args=())
+def sapa_atn_t(A: Tensor, g: Tensor, K: int, s: int) -> Tensor:
+    _check("sapa_atn_t", K, s, A, g)
+    B, OH, OW, C = g.shape
+    if OH % s or OW % s:
+        raise ValueError(f"upbench::sapa_atn_t: high-res size {OH}x{OW} is not a multiple of s={s}")
+    _check_hi("sapa_atn_t", A, (B, OH // s, OW // s), s, K * K)
+    A, g = A.contiguous(), g.contiguous()
+    return atn_t_into(A, g, g.new_empty(B, OH // s, OW // s, C), K, s)
+
+
+@torch.library.custom_op("upbench::sapa_fused", mutates_args=())
+def sapa_fused(q: Tensor, k: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    _check("sapa_fused", K, s, q, k, v)
+    _check_hi("sapa_fused", q, k.shape, s, k.shape[3])
+    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
+        raise ValueError(f"upbench::sapa_fused: v {tuple(v.shape)} and k {tuple(k.shape)} differ in (B, H, W)")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, H, W, C = v.shape
+    return fused_into(q, k, v, v.new_empty(B, H * s, W * s, C), K, s)
+
+
+@sapa_sim.register_fake
+def _(q: Tensor, k: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, _ = k.shape
+    return q.new_empty(B, H * s, W * s, K * K)
+
+
+@sapa_atn.register_fake
+def _(A: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, C = v.shape
+    return v.new_empty(B, H * s, W * s, C)
+
+
+@sapa_atn_t.register_fake
+def _(A: Tensor, g: Tensor, K: int, s: int) -> Tensor:
+    B, OH, OW, C = g.shape
+    return g.new_empty(B, OH // s, OW // s, C)
+
+
+@sapa_fused.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, C = v.shape
+    return v.new_empty(B, H * s, W * s, C)
+
+
+def _setup(ctx, inputs, output) -> None:
+    a, b, K, s = inputs
+    ctx.save_for_backward(a, b)
+    ctx.K, ctx.s = K, s
+
+
+def _sim_backward(ctx, dS: Tensor):
+    q, k = ctx.saved_tensors
+    dS = dS.contiguous()
+    dq = sapa_atn(dS, k, ctx.K, ctx.s) if ctx.needs_input_grad[0] else None
+    dk = sapa_atn_t(dS, q, ctx.K, ctx.s) if ctx.needs_input_grad[1] else None
+    return dq, dk, None, None
+
+
+def _atn_backward(ctx, dout: Tensor):
+    A, v = ctx.saved_tensors
+    dout = dout.contiguous()
+    dA = sapa_sim(dout, v, ctx.K, ctx.s) if ctx.needs_input_grad[0] else None  # 0 for off-map slots, as A's use
+    dv = sapa_atn_t(A, dout, ctx.K, ctx.s) if ctx.needs_input_grad[1] else None
+    return dA, dv, None, None
+
+
+sapa_sim.register_autograd(_sim_backward, setup_context=_setup)
+sapa_atn.register_autograd(_atn_backward, setup_context=_setup)
+
+
+# -- FLOPs (FlopCounterMode counts FLOPs = 2 × MACs; every K² tap is counted, off-map ones included) -------
+@register_flop_formula(torch.ops.upbench.sapa_sim)
+def _sim_flop(q_shape, k_shape, K: int, s: int, *_, **__) -> int:
+    B, OH, OW, D = q_shape
+    return 2 * B * OH * OW * K * K * D
+
+
+@register_flop_formula(torch.ops.upbench.sapa_atn)
+def _atn_flop(A_shape, v_shape, K: int, s: int, *_, **__) -> int:
+    B, OH, OW, _ = A_shape
+    return 2 * B * OH * OW * K * K * v_shape[3]
+
+
+@register_flop_formula(torch.ops.upbench.sapa_atn_t)
+def _atn_t_flop(A_shape, g_shape, K: int, s: int, *_, **__) -> int:
+    B, OH, OW, C = g_shape
+    return 2 * B * OH * OW * K * K * C
+
+
+@register_flop_formula(torch.ops.upbench.sapa_fused)
+def _fused_flop(q_shape, k_shape, v_shape, K: int, s: int, *_, **__) -> int:
+    B, OH, OW, D = q_shape
+    return 2 * B * OH * OW * K * K * (D + v_shape[3])
+
+
+# -- the core op on the kernels, and its impls --------------------------------------------------------------
+def core_kernel(q: Tensor, k: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    """sim → softmax (torch) → atn on the kernels; differentiable."""
+    return sapa_atn(sapa_sim(q, k, K, s).softmax(-1), v, K, s)
+
+
+def core_kernel_fused(q: Tensor, k: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    """One kernel: the K² similarities of a pixel never leave registers / shared memory. Forward only."""
+    return sapa_fused(q, k, v, K, s)
+
+
+def _supports(case: Case) -> str | None:
+    if case.K is None or not (1 <= case.K <= MAX_K and case.K % 2 == 1):
+        return f"the SAPA kernels need an odd K from 1 to {MAX_K} (got K={case.K})"
+    return None
+
+
+def _factory(fn: Callable[..., Tensor], device: str):
+    def factory(case: Case, module: None) -> Callable[..., Tensor]:
+        # Compile now (prepare step), so that no timer or memory probe sees the build.
+        if device == "cuda":
+            idx = torch.cuda.current_device()
+            for kernel in ("sim", "atn", "atn_t", "fused"):
+                _cuda.function(FAMILY, f"{FAMILY}_{kernel}_{_SUFFIX[case.torch_dtype]}", idx)
+        else:
+            _cpu_shim.load(FAMILY)
+        K, s = case.K, case.s
+
+        def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return fn(q, k, v, K, s)
+
+        return run
+
+    return factory
+
+
+def _cuda_available(device: str) -> str | None:
+    return _cuda.unavailable_reason()
+
+
+def _cpu_available(device: str) -> str | None:
+    return _cpu_shim.unavailable_reason()
+
+
+CORE_FNS: dict[str, Callable[..., Tensor]] = {
+    "cupy": core_kernel,
+    "cupy-fused": core_kernel_fused,
+    "cpu-kernel": core_kernel,
+    "cpu-kernel-fused": core_kernel_fused,
+}
+
+IMPLS: tuple[Impl, ...] = (
+    Impl("cupy", _factory(core_kernel, "cuda"), "CuPy CUDA kernels: sim, torch softmax, atn; gather backward",
+         devices=("cuda",), available=_cuda_available, supports=_supports),
+    Impl("cupy-fused", _factory(core_kernel_fused, "cuda"), "one CuPy CUDA kernel sim→softmax→atn, no K² map",
+         devices=("cuda",), backward=False, available=_cuda_available, supports=_supports),
+    Impl("cpu-kernel", _factory(core_kernel, "cpu"), "the CUDA source compiled for the CPU (g++, OpenMP)",
+         devices=("cpu",), available=_cpu_available, supports=_supports),
+    Impl("cpu-kernel-fused", _factory(core_kernel_fused, "cpu"), "fused kernel compiled for the CPU, no K² map",
+         devices=("cpu",), backward=False, available=_cpu_available, supports=_supports),
+)
