@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .env import device_class
 from .errors import UsageError
 from .results import RESULTS_JSON, atomic_write, load_run
 
@@ -26,8 +25,10 @@ def slug(text: str) -> str:
 
 
 def class_of(run: str | Path) -> str:
+    from .compare import _classes
+
     df, meta = load_run(run)
-    classes = sorted({device_class(meta.get("env", {}), d) for d in df["device"].dropna().unique()})
+    classes = sorted(_classes(df, meta))
     if len(classes) != 1:
         raise UsageError(f"run {run}", f"spans {len(classes)} device classes {classes}",
                          "save one baseline per device class (run with one --device)")

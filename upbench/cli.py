@@ -1,4 +1,4 @@
-"""The ``upbench`` command: list, run, report, compare, env.
+"""The ``upbench`` command: list, run, report, compare, merge, env.
 
 Exit codes: 0 every cell ok or skipped; 1 some cell failed or ran out of memory; 2 bad usage or input
 (one stderr line ``upbench: error: …``, nothing written); 130 interrupted (results so far are kept).
@@ -51,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--save-baseline", metavar="NAME",
                      help="also store the results as baselines/<device class>/NAME.json")
+    run.add_argument("--shard", metavar="i/n", help="run the deterministic i-th of n shards (0 ≤ i < n)")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="run cells in this process (default) or as Ray tasks")
+    run.add_argument("--address", help="Ray cluster address (default: start a local one)")
+
+    mrg = sub.add_parser("merge", help="merge the shards of one sweep into one run directory")
+    mrg.add_argument("shards", type=Path, nargs="+", metavar="RUN")
+    mrg.add_argument("--out", type=Path, required=True, help="the merged run directory")
+    mrg.add_argument("--force", action="store_true", help="overwrite an existing run directory's results")
 
     cmp_ = sub.add_parser("compare", help="gate: verdict per row (FASTER/SAME/SLOWER/AMBIGUOUS) of NEW vs BASE")
     cmp_.add_argument("base", help="run directory, results.json, or baseline:NAME")
@@ -127,11 +136,11 @@ def _resolve_device(choice: str | None) -> str | None:
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from dataclasses import replace
 
-    from . import results, sweeps
+    from . import execute, results, sweeps
     from .axes import parse_param, parse_set
     from .ceilings import calibrate, ceilings
-    from .env import fingerprint
-    from .runner import Options, run_cell
+    from .env import fingerprint, local_device_class
+    from .runner import Options
 
     suite = sweeps.load(args.suite)
     overrides = dict(parse_set(s) for s in args.sets)
@@ -144,6 +153,12 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         check_cuda_timing_allowed()
     params = dict(parse_param(p) for p in args.param)
     cells = sweeps.expand(suite, _split(args.op), _split(args.impl), overrides, params)
+    sweep_id = execute.fingerprint(cells)
+    shard_info = None
+    if args.shard:
+        index, count = execute.parse_shard(args.shard)
+        cells = execute.shard(cells, index, count)
+        shard_info = {"index": index, "count": count, "cells": [c.id for c in cells]}
     stopping = replace(suite.timing, budget_s=args.budget) if args.budget is not None else suite.timing
     if args.budget is not None and args.budget <= 0:
         raise UsageError("--budget", f"{args.budget} must be > 0 seconds")
@@ -151,6 +166,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         from .baselines import check_name
 
         check_name(args.save_baseline)
+    if args.executor == "ray":
+        execute._ray()  # not installed: say so now, before anything is written
     if args.dry_run:
         for c in cells:
             print(f"{c.id}  {c.impl:<12} {' + '.join(s.label() for s in c.stages)}  {c.skip or 'run'}")
@@ -161,9 +178,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         raise UsageError(f"--out {run_dir}", "already holds results", "choose another directory or add --force")
     meta: dict[str, Any] = {
         "suite": {"name": suite.name, "description": suite.description, "source": suite.source,
-                  "kind": suite.kind, "metrics": sorted(suite.metrics)},
+                  "kind": suite.kind, "metrics": sorted(suite.metrics), "fingerprint": sweep_id},
         "command": "upbench " + shlex.join(argv), "started": stamp.isoformat(timespec="seconds"),
         "status": "running", "stopping": stopping.__dict__, "env": fingerprint(), "cells": len(cells),
+        "shard": shard_info, "executor": args.executor, "upbench": __version__,
     }
     calibration = None
     if "latency" in suite.metrics:
@@ -175,21 +193,27 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             calibration = meta["calibration"][devices[0]]
             calibration["score_ms"] = (calibration["copy_ms"] * calibration["matmul_ms"]) ** 0.5
     opts = Options(suite.metrics, stopping, calibration)
-    rows: list[dict[str, Any]] = []
+    done: dict[int, dict[str, Any]] = {}
     t0 = time.perf_counter()
     bar = _progress(len(cells), args.no_progress)
+    stream = (execute.run_ray(suite, cells, opts, args.address) if args.executor == "ray"
+              else execute.run_local(suite, cells, opts))
+    classes: dict[str, str] = {}
     try:
-        for cell in cells:
-            bar.set_postfix_str(f"{cell.impl} {cell.case.label()}", refresh=False)
-            rows.append(run_cell(suite, cell, opts))
+        for i, row in stream:
+            dev = cells[i].case.device
+            row.setdefault("device_class", classes.setdefault(dev, local_device_class(dev)))
+            done[i] = row
             meta["elapsed_s"] = time.perf_counter() - t0
-            results.write_run(run_dir, rows, meta)
+            results.write_run(run_dir, [done[k] for k in sorted(done)], meta)
+            bar.set_postfix_str(f"{cells[i].impl} {cells[i].case.label()}", refresh=False)
             bar.update(1)
         meta["status"] = "complete"
     except KeyboardInterrupt:
-        meta["status"] = f"interrupted after {len(rows)} of {len(cells)} cells"
+        meta["status"] = f"interrupted after {len(done)} of {len(cells)} cells"
     finally:
         bar.close()
+    rows = [done[k] for k in sorted(done)]
     meta["elapsed_s"] = time.perf_counter() - t0
     results.write_run(run_dir, rows, meta)
     _write_report([run_dir], None)
@@ -250,6 +274,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare.exit_code(df, args.strict)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge
+
+    code = merge(args.shards, args.out, args.force)
+    if code == EXIT_OK:
+        _write_report([args.out], None)
+    return code
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     from .env import fingerprint
 
@@ -274,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "merge":
+            return cmd_merge(args)
         return cmd_env(args)
     except UsageError as exc:
         print(f"upbench: error: {exc}", file=sys.stderr)

@@ -130,6 +130,9 @@ def _label(r: pd.Series) -> str:
 
 
 def _classes(df: pd.DataFrame, meta: dict[str, Any]) -> set[str]:
+    """Device classes of a run's rows: recorded per row (a run may span GPU models), else from its env."""
+    if "device_class" in df and df["device_class"].notna().all():
+        return set(df["device_class"])
     return {device_class(meta.get("env", {}), d) for d in df["device"].dropna().unique()}
 
 

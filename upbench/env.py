@@ -90,3 +90,10 @@ def device_class(env: dict[str, Any], device: str) -> str:
     if device == "cuda" and gpus:
         return gpus[0]["name"]
     return f"{env.get('cpu_model')} / {env.get('torch_threads')} threads"
+
+
+def local_device_class(device: str) -> str:
+    """This process's device class, the same string as :func:`device_class` gives for its fingerprint."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{_cpu_model()} / {torch.get_num_threads()} threads"

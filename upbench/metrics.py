@@ -34,6 +34,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("dtype", "", "identity", "input, parameter and output dtype"),
     Column("device", "", "identity", "`cpu` or `cuda`"),
     Column("layout", "", "identity", "memory layout of x and y"),
+    Column("device_class", "", "identity", "what timings are comparable within: the GPU's name, or the CPU "
+           "model and torch thread count, of the machine that ran the row"),
     Column("threads", "", "identity", "requested torch CPU threads (empty: torch's default)"),
     Column("hp", "", "identity", "operator hyperparameters as JSON"),
     Column("stages", "", "identity", "model suites: the stages run one after another, as CxHxW list"),

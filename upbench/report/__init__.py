@@ -33,7 +33,9 @@ def combine(runs: list[Run]) -> pd.DataFrame:
         env = meta.get("env", {})
         cls = {d: device_class(env, d) for d in df["device"].dropna().unique()}
         prefix = f"{name}: " if len(runs) > 1 else ""
-        frames.append(df.assign(run=[f"{prefix}{cls.get(d, '?')}" for d in df["device"]]))
+        per_row = df["device_class"] if "device_class" in df else pd.Series([None] * len(df))
+        frames.append(df.assign(run=[f"{prefix}{rc if isinstance(rc, str) else cls.get(d, '?')}"
+                                     for d, rc in zip(df["device"], per_row, strict=True)]))
     return pd.concat(frames, ignore_index=True)
 
 
