@@ -52,7 +52,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_stop", "", "latency", "why sampling stopped: `converged` (IQR/median under target), `budget`, "
            "`max_samples`"),
     Column("latency_noise", "", "latency", "`stable` if IQR/median ≤ the suite's target, else `noisy`"),
-    Column("latency_mode", "", "latency", "`cpu`, `cuda-cold` (L2 flushed before each sample) or `cuda-warm`"),
+    Column("latency_mode", "", "latency", "`cpu`, `cuda-cold` (L2 flushed before each sample) or `cuda-warm`; "
+           "`-graph` when timed as CUDA-graph replays"),
     Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
     Column("latency_norm", "", "latency", "latency_median_ms / this run's calibration score (geometric mean of "
            "a 64 MiB copy and a 512² matmul, ms): comparable across sibling machines"),

@@ -30,6 +30,8 @@ class Stopping:
     max_samples: int = 200
     warmup_s: float = 0.05
     min_sample_s: float = 1e-3
+    cold: bool = True  # CUDA: flush L2 before every sample (False: warm-cache timing)
+    cuda_graph: bool = False  # CUDA: capture the call once and time graph replays (no launch overhead)
 
 
 @dataclass
@@ -124,10 +126,28 @@ def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
     return torch.empty(2 * l2, dtype=torch.uint8, device=device)  # twice L2: every line is evicted
 
 
-def time_cuda(fn: Callable[[], object], st: Stopping = Stopping(), cold: bool = True) -> Latency:
-    """Time ``fn`` with CUDA events, one call per sample; ``cold`` flushes L2 before each sample."""
+def _graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """Capture ``fn`` into a CUDA graph (after side-stream warm-up, as capture requires); replay it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        keep = fn()  # outputs live in the graph's pool; kept alive with the graph
+    graph._upbench_outputs = keep  # type: ignore[attr-defined]
+    return graph.replay
+
+
+def time_cuda(fn: Callable[[], object], st: Stopping = Stopping()) -> Latency:
+    """Time ``fn`` with CUDA events, one call per sample; ``st.cold`` flushes L2 before each sample."""
     check_cuda_timing_allowed()
     dev = torch.device("cuda", torch.cuda.current_device())
+    cold = st.cold
+    if st.cuda_graph:
+        fn = _graphed(fn)
     flush = _l2_flush_buffer(dev) if cold else None
     # Warm up until two successive batches of calls agree within 5 % (not a fixed count), ≤ warm-up budget·10.
     warm, prev, t_end = 0, None, time.perf_counter() + max(st.warmup_s * 10, 0.2)
@@ -163,7 +183,8 @@ def time_cuda(fn: Callable[[], object], st: Stopping = Stopping(), cold: bool = 
                 stop = "budget"
                 break
     torch.cuda.synchronize()
-    return Latency(samples, 1, warm, stop, "cuda-cold" if cold else "cuda-warm")
+    mode = ("cuda-cold" if cold else "cuda-warm") + ("-graph" if st.cuda_graph else "")
+    return Latency(samples, 1, warm, stop, mode)
 
 
 def time_fn(fn: Callable[[], object], device: str, st: Stopping = Stopping()) -> Latency:
