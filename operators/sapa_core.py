@@ -16,9 +16,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from upbench.operators import sapa_kernels
 
 from upbench.cases import Case
+from upbench.operators import sapa_kernels
 from upbench.plugin import Impl, Operator
 
 # name -> fn(q, k, v, K, s) -> out

@@ -51,16 +51,17 @@ def _check_hi(op: str, hi: Tensor, lo_shape: torch.Size | tuple[int, ...], s: in
 
 
 def _chunk(t: Tensor) -> int:
-    return _cuda.CHUNK if t.device.type == "cuda" else _cpu_shim.VARIANTS[_cpu_shim.current_variant()].chunk
+    """Channels per atn_t chunk of the build that runs ``t``'s device (atn_t's grid.y counts them)."""
+    return _cuda.CHUNK_T if t.device.type == "cuda" else _cpu_shim.VARIANTS[_cpu_shim.current_variant()].chunk_t
 
 
-def _launch(kernel: str, items: int, *args: Tensor | int) -> None:
+def _launch(kernel: str, items: int, *args: Tensor | int, grid_y: int = 1) -> None:
     t = next(a for a in args if isinstance(a, Tensor))
     entry = f"{FAMILY}_{kernel}_{_SUFFIX[t.dtype]}"
     if t.device.type == "cuda":
-        _cuda.launch(FAMILY, entry, items, *args)
+        _cuda.launch(FAMILY, entry, items, *args, grid_y=grid_y)
     elif t.device.type == "cpu":
-        _cpu_shim.launch(FAMILY, entry, items, *args)
+        _cpu_shim.launch(FAMILY, entry, items, *args, grid_y=grid_y)
     else:
         raise ValueError(f"upbench::sapa_{kernel}: no kernel for device {t.device}")
 
@@ -80,8 +81,7 @@ def atn_into(A: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> Tensor:
 
 def atn_t_into(A: Tensor, g: Tensor, out: Tensor, K: int, s: int) -> Tensor:
     B, H, W, C = out.shape
-    chunks = -(-C // _chunk(g))
-    _launch("atn_t", B * chunks * H * W, A, g, out, B, H, W, C, K, s)
+    _launch("atn_t", B * H * W, A, g, out, B, H, W, C, K, s, grid_y=-(-C // _chunk(g)))  # chunks on grid.y
     return out
 
 
@@ -205,6 +205,36 @@ def _atn_t_flop(A_shape, g_shape, K: int, s: int, *_, **__) -> int:
 def _fused_flop(q_shape, k_shape, v_shape, K: int, s: int, *_, **__) -> int:
     B, OH, OW, D = q_shape
     return 2 * B * OH * OW * K * K * (D + v_shape[3])
+
+
+# -- float64 references of the single ops, written like sapa_core.core_reference (an index gather per slot) --
+def _slots(H: int, W: int, K: int, s: int):
+    """Per slot m: low-res row/col index maps (sH,), (sW,) clamped onto the map, and the on-map mask (sH, sW)."""
+    r = (K - 1) // 2
+    pi, pj = torch.arange(H * s) // s, torch.arange(W * s) // s
+    for m in range(K * K):
+        u, w = pi + m // K - r, pj + m % K - r
+        ok = ((u >= 0) & (u < H))[:, None] & ((w >= 0) & (w < W))[None, :]
+        yield u.clamp(0, H - 1)[:, None], w.clamp(0, W - 1)[None, :], ok
+
+
+def sim_reference(q: Tensor, k: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, _ = k.shape
+    return torch.stack([(q * k[:, u, w]).sum(-1) * ok for u, w, ok in _slots(H, W, K, s)], -1)
+
+
+def atn_reference(A: Tensor, v: Tensor, K: int, s: int) -> Tensor:
+    B, H, W, _ = v.shape
+    return sum(A[..., m:m + 1] * v[:, u, w] * ok[None, :, :, None]
+               for m, (u, w, ok) in enumerate(_slots(H, W, K, s)))
+
+
+def atn_t_reference(A: Tensor, g: Tensor, K: int, s: int) -> Tensor:
+    """The gradient of <atn_reference(A, v), g> with respect to v: what atn_t must compute."""
+    B, OH, OW, C = g.shape
+    v = torch.zeros(B, OH // s, OW // s, C, dtype=g.dtype, requires_grad=True)
+    (dv,) = torch.autograd.grad(atn_reference(A, v, K, s), v, g)
+    return dv
 
 
 # -- the core op on the kernels, and its impls --------------------------------------------------------------

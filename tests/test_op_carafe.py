@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from test_op_common import assert_agree, build, make_case, op_, run_impl
+
 from upbench.operators.carafe import CarafeModule
 
 

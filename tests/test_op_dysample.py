@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_op_common import assert_agree, build, make_case, op_, run_impl
+
 from upbench.operators.dysample import static_positions
 
 

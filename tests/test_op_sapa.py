@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_op_common import assert_agree, build, make_case, op_, run_impl
-from upbench.operators import sapa, sapa_core
 
+from upbench.operators import sapa, sapa_core
 from upbench.plugin import Impl
 
 

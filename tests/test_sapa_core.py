@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
+from upbench.cases import Case
 from upbench.memory import peak_cpu
 from upbench.operators.sapa_core import SAPA_CORE, core_lean, core_reference, core_unfold
-from upbench.cases import Case
 
 SHAPES = [  # (B, H, W, d, C, K, s): border-heavy (H or W ≤ K), odd, non-square
     (2, 3, 5, 7, 5, 5, 2), (1, 4, 4, 3, 6, 7, 3), (1, 6, 9, 4, 5, 3, 1), (1, 5, 4, 4, 3, 1, 4),

@@ -36,3 +36,19 @@ def try_pynvml() -> ModuleType | None:
 
 def pynvml_reason() -> str:
     return "" if try_pynvml() is not None else _REASONS["pynvml"]
+
+
+_HINTS = {"cupy": "pip install 'upbench[cuda]' (cupy-cuda13x)", "pynvml": "pip install nvidia-ml-py"}
+
+
+def reason(name: str) -> str | None:
+    """Why optional module ``name`` cannot be imported, or None when it can."""
+    return None if _try(name, _HINTS.get(name, f"pip install {name}")) is not None else _REASONS[name]
+
+
+def require(name: str) -> ModuleType:
+    """The optional module, or ImportError carrying the remembered reason."""
+    mod = _try(name, _HINTS.get(name, f"pip install {name}"))
+    if mod is None:
+        raise ImportError(_REASONS[name])
+    return mod

@@ -1,0 +1,150 @@
+"""CARAFE's reassembly on the window kernels (kernels/carafe.cu) as torch custom ops.
+
+``reassemble_kernel(x, M, K, s, G)`` computes ``out[b,c,i,j] = Σ_m M[b, g(c)·K² + m, i, j] · x[b, c, slot m]``
+(DESIGN.md §2) for NCHW x (B, C, H, W) and M (B, G·K², sH, sW), like ``reassembly.reassemble_reference``.
+The kernels work channels-last: inputs are permuted to it (free when they already are ``channels_last``)
+and the output is returned as an NCHW tensor in ``torch.channels_last`` memory format, so no extra copy of
+the output is ever made. Ops (namespace ``upbench``): ``carafe_reassemble`` with autograd, and its
+gather-based backward ``carafe_reassemble_dx`` / ``carafe_reassemble_dm``; each has a fake impl and a FLOP
+formula. CUDA tensors run the CuPy build, CPU tensors the host shim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from upbench import _cpu_shim, _cuda
+from upbench.operators.sapa_kernels import _SUFFIX, MAX_K, _chunk
+
+FAMILY = "carafe"
+
+
+def available(device: str) -> str | None:
+    """None when the kernels can run on ``device`` here, else why not (read by reassembly.py)."""
+    return _cuda.unavailable_reason() if device == "cuda" else _cpu_shim.unavailable_reason()
+
+
+def _check(op: str, x: Tensor, M: Tensor, K: int, s: int, G: int) -> None:
+    where = f"upbench::{op}"
+    if not (1 <= K <= MAX_K and K % 2 == 1):
+        raise ValueError(f"{where}: K={K}; the kernels need an odd K from 1 to {MAX_K}")
+    if s < 1 or G < 1:
+        raise ValueError(f"{where}: s={s}, G={G}; both must be positive integers")
+    if x.dim() != 4 or M.dim() != 4:
+        raise ValueError(f"{where}: expected 4-d NCHW tensors, got {tuple(x.shape)} and {tuple(M.shape)}")
+    if x.dtype != M.dtype or x.device != M.device or x.dtype not in _SUFFIX:
+        raise ValueError(f"{where}: x and M must share one of float64/32/16, bfloat16 and a device "
+                         f"({x.dtype} on {x.device}, {M.dtype} on {M.device})")
+    B, C, H, W = x.shape
+    if C % G:
+        raise ValueError(f"{where}: C={C} is not a multiple of G={G}")
+    if tuple(M.shape) != (B, G * K * K, H * s, W * s):
+        raise ValueError(f"{where}: M has shape {tuple(M.shape)}, expected {(B, G * K * K, H * s, W * s)}")
+
+
+def _cl(t: Tensor) -> Tensor:
+    """(B, C, H, W) → contiguous (B, H, W, C); a view when t is already channels_last."""
+    return t.permute(0, 2, 3, 1).contiguous()
+
+
+def _empty_cl(like: Tensor, B: int, C: int, H: int, W: int) -> Tensor:
+    return torch.empty((B, C, H, W), dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
+
+
+def _launch(kernel: str, items: int, *args: Tensor | int, grid_y: int) -> None:
+    t = next(a for a in args if isinstance(a, Tensor))
+    entry = f"{FAMILY}_{kernel}_{_SUFFIX[t.dtype]}"
+    if t.device.type == "cuda":
+        _cuda.launch(FAMILY, entry, items, *args, grid_y=grid_y)
+    else:
+        _cpu_shim.launch(FAMILY, entry, items, *args, grid_y=grid_y)
+
+
+@torch.library.custom_op("upbench::carafe_reassemble", mutates_args=())
+def carafe_reassemble(x: Tensor, M: Tensor, K: int, s: int, G: int) -> Tensor:
+    _check("carafe_reassemble", x, M, K, s, G)
+    B, C, H, W = x.shape
+    out = _empty_cl(x, B, C, H * s, W * s)
+    _launch("fwd", B * H * W, _cl(x), _cl(M), out.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
+    return out
+
+
+@torch.library.custom_op("upbench::carafe_reassemble_dx", mutates_args=())
+def carafe_reassemble_dx(M: Tensor, dout: Tensor, K: int, s: int, G: int) -> Tensor:
+    B, C, OH, OW = dout.shape
+    H, W = OH // s, OW // s
+    _check("carafe_reassemble_dx", dout.new_empty((1, 1, 1, 1)).expand(B, C, H, W), M, K, s, G)
+    dx = _empty_cl(dout, B, C, H, W)
+    Cg = C // G
+    _launch("bwd_x", B * H * W, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), B, H, W, Cg, K, s, G,
+            grid_y=G * -(-Cg // _chunk(dout)))
+    return dx
+
+
+@torch.library.custom_op("upbench::carafe_reassemble_dm", mutates_args=())
+def carafe_reassemble_dm(dout: Tensor, x: Tensor, K: int, s: int, G: int) -> Tensor:
+    B, C, H, W = x.shape
+    dM = _empty_cl(x, B, G * K * K, H * s, W * s)
+    _check("carafe_reassemble_dm", x, dM, K, s, G)
+    _launch("bwd_m", B * H * W, _cl(dout), _cl(x), dM.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
+    return dM
+
+
+@carafe_reassemble.register_fake
+def _(x: Tensor, M: Tensor, K: int, s: int, G: int) -> Tensor:
+    B, C, H, W = x.shape
+    return _empty_cl(x, B, C, H * s, W * s)
+
+
+@carafe_reassemble_dx.register_fake
+def _(M: Tensor, dout: Tensor, K: int, s: int, G: int) -> Tensor:
+    B, C, OH, OW = dout.shape
+    return _empty_cl(dout, B, C, OH // s, OW // s)
+
+
+@carafe_reassemble_dm.register_fake
+def _(dout: Tensor, x: Tensor, K: int, s: int, G: int) -> Tensor:
+    B, C, H, W = x.shape
+    return _empty_cl(x, B, G * K * K, H * s, W * s)
+
+
+def _setup(ctx, inputs, output) -> None:
+    x, M, K, s, G = inputs
+    ctx.save_for_backward(x, M)
+    ctx.K, ctx.s, ctx.G = K, s, G
+
+
+def _backward(ctx, dout: Tensor):
+    x, M = ctx.saved_tensors
+    dx = carafe_reassemble_dx(M, dout, ctx.K, ctx.s, ctx.G) if ctx.needs_input_grad[0] else None
+    dM = carafe_reassemble_dm(dout, x, ctx.K, ctx.s, ctx.G) if ctx.needs_input_grad[1] else None
+    return dx, dM, None, None, None
+
+
+carafe_reassemble.register_autograd(_backward, setup_context=_setup)
+
+
+def _taps(B: int, OH: int, OW: int, K: int, C: int) -> int:
+    return 2 * B * OH * OW * K * K * C  # FLOPs = 2 × MACs; s²·H·W·K²·C MACs per image (DESIGN.md §2)
+
+
+@register_flop_formula(torch.ops.upbench.carafe_reassemble)
+def _fwd_flop(x_shape, M_shape, K: int, s: int, G: int, *_, **__) -> int:
+    return _taps(x_shape[0], M_shape[2], M_shape[3], K, x_shape[1])
+
+
+@register_flop_formula(torch.ops.upbench.carafe_reassemble_dx)
+def _dx_flop(M_shape, dout_shape, K: int, s: int, G: int, *_, **__) -> int:
+    return _taps(dout_shape[0], dout_shape[2], dout_shape[3], K, dout_shape[1])
+
+
+@register_flop_formula(torch.ops.upbench.carafe_reassemble_dm)
+def _dm_flop(dout_shape, x_shape, K: int, s: int, G: int, *_, **__) -> int:
+    return _taps(dout_shape[0], dout_shape[2], dout_shape[3], K, dout_shape[1])
+
+
+def reassemble_kernel(x: Tensor, M: Tensor, K: int, s: int, G: int = 1) -> Tensor:
+    """The reassembly primitive on the kernels (differentiable); NCHW in, NCHW (channels_last memory) out."""
+    return carafe_reassemble(x, M, K, s, G)

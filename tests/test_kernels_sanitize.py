@@ -1,0 +1,65 @@
+"""The kernels under AddressSanitizer + UBSan, through the CPU shim, in a subprocess with libasan preloaded.
+
+Two builds: ``asan`` (one-lane warps, the vector code) and ``asan-simt`` (32-lane warps, the CUDA lane
+logic). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16); SAPA and CARAFE kernels.
+The driver ends with a deliberate overflow (an output one channel short) to prove the sanitizer is live.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from upbench import _cpu_shim
+
+DRIVER = textwrap.dedent("""
+    import torch
+    from upbench import _cpu_shim
+    from upbench.operators import carafe_kernels as ck, sapa_kernels as sk
+    torch.manual_seed(0)
+    for variant in ("asan", "asan-simt"):
+        with _cpu_shim.use_variant(variant):
+            for B, H, W, D, C, K, s in [(1, 2, 3, 5, 7, 3, 2), (1, 3, 2, 33, 37, 5, 3), (2, 1, 1, 4, 3, 1, 1)]:
+                for dt in (torch.float32, torch.bfloat16):
+                    q, k = torch.randn(B, H * s, W * s, D, dtype=dt), torch.randn(B, H, W, D, dtype=dt)
+                    v, g = torch.randn(B, H, W, C, dtype=dt), torch.randn(B, H * s, W * s, C, dtype=dt)
+                    A = torch.randn(B, H * s, W * s, K * K, dtype=dt)
+                    sk.sim_into(q, k, torch.empty(B, H * s, W * s, K * K, dtype=dt), K, s)
+                    sk.atn_into(A, v, torch.empty(B, H * s, W * s, C, dtype=dt), K, s)
+                    sk.atn_t_into(A, g, torch.empty(B, H, W, C, dtype=dt), K, s)
+                    sk.fused_into(q, k, v, torch.empty(B, H * s, W * s, C, dtype=dt), K, s)
+            for B, C, H, W, K, s, G in [(1, 6, 2, 3, 3, 2, 2), (1, 35, 3, 2, 5, 3, 1)]:
+                x = torch.randn(B, C, H, W, requires_grad=True)
+                M = torch.randn(B, G * K * K, H * s, W * s, requires_grad=True)
+                ck.reassemble_kernel(x, M, K, s, G).sum().backward()
+    print("clean", flush=True)
+    with _cpu_shim.use_variant("asan"):  # the canary: must be reported
+        v = torch.randn(1, 2, 2, 8)
+        sk.atn_into(torch.randn(1, 4, 4, 9), v, torch.empty(1, 4, 4, 7), 3, 2)
+    print("canary missed", flush=True)
+""")
+
+
+def _skip_reason() -> str | None:
+    if _cpu_shim.unavailable_reason():
+        return _cpu_shim.unavailable_reason()
+    if _cpu_shim.sanitizer_runtime() is None:
+        return f"{_cpu_shim.compiler()} has no AddressSanitizer runtime (libasan.so)"
+    return None
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+def test_kernels_run_clean_under_asan_and_ubsan():
+    for variant in ("asan", "asan-simt"):  # build here, so a compile error shows as itself
+        for family in ("sapa", "carafe"):
+            _cpu_shim.build(family, variant)
+    env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
+               ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    res = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=300)
+    assert "clean" in res.stdout, f"sanitizer report before the canary:\n{res.stderr[-6000:]}"
+    assert "canary missed" not in res.stdout and res.returncode != 0
+    assert "heap-buffer-overflow" in res.stderr and "sapa.cu" in res.stderr

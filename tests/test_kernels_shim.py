@@ -1,0 +1,143 @@
+"""SAPA's CUDA kernels run through the CPU shim, against the float64 references.
+
+Outputs are poisoned with NaN before each kernel so an element it forgets to write shows up. The ``fast``
+build (one-lane warps, vectorised) is what cpu-kernel uses; the ``simt`` build runs the CUDA lane logic
+(32-lane warps, shuffles, shared-memory scratch, per-lane channel striding) with one OS thread per lane.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from upbench import _cpu_shim
+from upbench.operators import sapa_kernels as sk
+from upbench.operators.sapa_core import core_reference
+
+pytestmark = pytest.mark.skipif(_cpu_shim.unavailable_reason() is not None,
+                                reason=str(_cpu_shim.unavailable_reason()))
+
+# (B, H, W, D, C, K, s): border-heavy (H or W ≤ K), non-square, odd sizes, C not a multiple of 32, chunk
+# tails (fast build chunk = 64 channels), s² children not a multiple of the group size, K = 1 … 11.
+SHAPES = [
+    (1, 3, 4, 5, 7, 3, 2),
+    (2, 5, 3, 33, 70, 5, 3),
+    (1, 2, 2, 8, 9, 7, 1),
+    (1, 6, 5, 16, 130, 3, 4),
+    (1, 4, 4, 3, 3, 11, 2),
+    (1, 7, 6, 40, 37, 1, 2),
+    (2, 9, 8, 20, 64, 5, 2),
+    (1, 5, 7, 31, 100, 7, 2),  # tail of 36 channels: two whole vectors and 4 scalars
+]
+# SIMT runs a thread per lane: small maps, still border-heavy, K = 11 (121 slots over 4 lane registers),
+# s = 3 (group of 2 + remainder), C with full and partial chunks (chunk = 2 × 32 channels there).
+SIMT_SHAPES = [SHAPES[0], (1, 2, 3, 33, 70, 5, 3), (1, 2, 2, 3, 3, 11, 2), (1, 2, 3, 4, 66, 5, 2)]
+# max |kernel − reference| / max |reference|: fp32 accumulates in fp32; 16-bit inputs are rounded first, so
+# the reference sees the same rounded inputs and only the fp32 sums and the output rounding (½ ulp) differ.
+TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def _inputs(shape, dtype, seed=0):
+    B, H, W, D, C, K, s = shape
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H * s, W * s, D, generator=g, dtype=torch.float64) * D ** -0.5
+    k = torch.randn(B, H, W, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, H, W, C, generator=g, dtype=torch.float64)
+    gout = torch.randn(B, H * s, W * s, C, generator=g, dtype=torch.float64)
+    A = torch.randn(B, H * s, W * s, K * K, generator=g, dtype=torch.float64).softmax(-1)
+    # round to the dtype, then compute the references from exactly those values
+    return [t.to(dtype) for t in (q, k, v, gout, A)]
+
+
+def _nan(*shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor, tol: float, what: str) -> None:
+    assert torch.isfinite(got).all(), f"{what}: unwritten (NaN) or non-finite elements"
+    err = (got.double() - ref).abs().max().item()
+    big = ref.abs().max().item()
+    assert err <= tol * big, f"{what}: max error {err:.3g} > {tol:g} × max|ref| {big:.3g}"
+
+
+def _check_all(shape, dtype, tol):
+    B, H, W, D, C, K, s = shape
+    q, k, v, gout, A = _inputs(shape, dtype)
+    q64, k64, v64, g64, A64 = (t.double() for t in (q, k, v, gout, A))
+    S = sk.sim_into(q, k, _nan(B, H * s, W * s, K * K, dtype=dtype), K, s)
+    _close(S, sk.sim_reference(q64, k64, K, s), tol, f"sim {shape} {dtype}")
+    out = sk.atn_into(A, v, _nan(B, H * s, W * s, C, dtype=dtype), K, s)
+    _close(out, sk.atn_reference(A64, v64, K, s), tol, f"atn {shape} {dtype}")
+    dv = sk.atn_t_into(A, gout, _nan(B, H, W, C, dtype=dtype), K, s)
+    _close(dv, sk.atn_t_reference(A64, g64, K, s), tol, f"atn_t {shape} {dtype}")
+    fo = sk.fused_into(q, k, v, _nan(B, H * s, W * s, C, dtype=dtype), K, s)
+    _close(fo, core_reference(q64, k64, v64, K, s), tol, f"fused {shape} {dtype}")
+
+
+def test_references_agree_with_core_reference():
+    q, k, v, _, _ = _inputs(SHAPES[1], torch.float64)
+    K, s = SHAPES[1][5:]
+    got = sk.atn_reference(sk.sim_reference(q, k, K, s).softmax(-1), v, K, s)
+    assert torch.allclose(got, core_reference(q, k, v, K, s), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}W{}D{}C{}K{}s{}".format(*s))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_fast_build_matches_reference(shape, dtype):
+    _check_all(shape, dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[7]], ids=["K5s3", "K3s4", "K7s2"])
+def test_fast_build_16bit(shape, dtype):
+    _check_all(shape, dtype, TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", SIMT_SHAPES, ids=lambda s: "B{}H{}W{}D{}C{}K{}s{}".format(*s))
+def test_simt_build_runs_the_cuda_lane_logic(shape):
+    with _cpu_shim.use_variant("simt"):
+        _check_all(shape, torch.float32, TOL[torch.float32])
+
+
+def test_simt_build_16bit():
+    with _cpu_shim.use_variant("simt"):
+        _check_all(SIMT_SHAPES[3], torch.bfloat16, TOL[torch.bfloat16])
+        _check_all(SIMT_SHAPES[0], torch.float16, TOL[torch.float16])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_16bit_conversions_are_exact(dtype):
+    # atn with K=1, s=1 and weight w stores round(w·x): every 16-bit pattern round-trips (w = 1) and the
+    # rounding of w·x matches torch's float → 16-bit rounding (subnormals, overflow to inf, ties to even).
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).reshape(1, 1, -1, 1)
+    x = torch.where(torch.isnan(x), torch.zeros_like(x), x)
+    for w in (1.0, 1 / 3, 2.0 ** -7, 255.0):
+        A = torch.full((1, 1, x.shape[2], 1), w, dtype=dtype)
+        got = sk.atn_into(A, x, _nan(*x.shape, dtype=dtype), 1, 1)
+        want = (A.float() * x.float()).to(dtype)
+        want = torch.where(x == 0, torch.zeros_like(want), want)  # the kernel sums from +0: 0 + (−0) = +0
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), f"w={w}"
+
+
+def test_backward_gather_is_deterministic_across_thread_counts():
+    shape = SHAPES[6]
+    B, H, W, D, C, K, s = shape
+    _, _, _, gout, A = _inputs(shape, torch.float32)
+    n = torch.get_num_threads()
+    try:
+        runs = []
+        for t in (1, 2, 1):
+            torch.set_num_threads(t)
+            runs.append(sk.atn_t_into(A, gout, _nan(B, H, W, C, dtype=torch.float32), K, s))
+    finally:
+        torch.set_num_threads(n)
+    assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_build_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path))
+    lib = _cpu_shim.build("sapa", "simt")
+    stamp = lib.stat().st_mtime_ns
+    assert _cpu_shim.build("sapa", "simt") == lib and lib.stat().st_mtime_ns == stamp
+    assert lib.parent.parent == tmp_path / "cpu-kernels" and not list(lib.parent.glob("tmp*"))

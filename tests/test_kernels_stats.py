@@ -1,0 +1,39 @@
+"""Every .cu compiles for sm_80 and sm_90 with nvcc, and no hot kernel spills or keeps a stack frame."""
+
+from __future__ import annotations
+
+import pytest
+
+from upbench import kernel_stats
+from upbench._cpu_shim import kernel_dir
+
+SOURCES = sorted(p.name for p in kernel_dir().glob("*.cu"))
+PTXAS_SAMPLE = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'sapa_sim_f32' for 'sm_90'
+ptxas info    : Function properties for sapa_sim_f32
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 96 registers, used 0 barriers, 7200 bytes smem, 400 bytes cmem[0]
+ptxas info    : Compiling entry function 'sapa_atn_f32' for 'sm_90'
+ptxas info    : Function properties for sapa_atn_f32
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 64 registers, used 0 barriers, 448 bytes cmem[0]
+"""
+
+
+def test_parse_ptxas():
+    sim, atn = kernel_stats.parse_ptxas(PTXAS_SAMPLE)
+    assert sim == {"kernel": "sapa_sim_f32", "arch": "sm_90", "registers": 96, "stack_bytes": 8,
+                   "spill_stores": 4, "spill_loads": 12, "smem_bytes": 7200}
+    assert atn["registers"] == 64 and atn["smem_bytes"] == 0 and atn["spill_loads"] == 0
+
+
+@pytest.mark.skipif(kernel_stats.nvcc() is None, reason="nvcc not found (set UPBENCH_NVCC or CUDA_HOME)")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_compiles_without_spills(source, arch):
+    stats = kernel_stats.compile_stats(kernel_dir() / source, arch)
+    assert stats, f"{source}: ptxas reported no entry points"
+    bad = [s for s in stats if s["spill_stores"] or s["spill_loads"] or s["stack_bytes"]]
+    assert not bad, f"{source} on {arch}: local-memory use in hot kernels: {bad}"
+    assert all(s["registers"] <= 128 for s in stats), stats  # ≥ 4 blocks of 128 threads per SM
