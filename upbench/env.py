@@ -81,6 +81,10 @@ def fingerprint() -> dict[str, Any]:
         "cupy": _cupy_version(),
         "git": _git(),
         "gpu": gpu_info(),
+        # Settings that change timings without changing code (THP: fresh large CPU outputs fault in 2 MiB
+        # pages instead of 4 KiB ones; thread counts; which GPUs are visible).
+        "env_vars": {k: os.environ.get(k) for k in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                    "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE")},
     }
 
 

@@ -154,6 +154,52 @@ def check_misc(device: str) -> list[Result]:
     return out
 
 
+def check_measurement(device: str) -> list[Result]:
+    """The measurer measured (issue 5): timing against a known duration, the L2 flush, and that the
+    allocator statistics see the kernels' memory. CPU: a calibrated spin and the profiler peak."""
+    from .memory import peak_cpu, peak_cuda
+    from .operators import sapa_kernels as sk
+    from .timing import time_cpu, time_cuda
+
+    out = []
+    if device == "cuda":
+        # A sleep kernel of known length: CUDA events against the wall clock around a synchronised call.
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(20):
+            torch.cuda._sleep(2_000_000)
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / 20
+        ev = time_cuda(lambda: torch.cuda._sleep(2_000_000), Stopping(budget_s=1.0, min_samples=10),).median
+        out.append(Result("CUDA events agree with the wall clock (sleep kernel)", abs(ev / wall - 1) < 0.05,
+                          f"events {ev * 1e3:.3f} ms, wall {wall * 1e3:.3f} ms"))
+        # A read that fits in L2 is slower cold (flushed) than warm.
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        x = torch.randn(max(l2 // 16, 1 << 20), device="cuda")
+        cold = time_cuda(lambda: x.sum(), Stopping(budget_s=1.0, min_samples=20)).median
+        warm = time_cuda(lambda: x.sum(), Stopping(budget_s=1.0, min_samples=20, cold=False)).median
+        out.append(Result("L2 flush makes an L2-resident read slower", cold > warm * 1.05,
+                          f"cold {cold * 1e6:.1f} µs, warm {warm * 1e6:.1f} µs"))
+        # The kernel's output is allocated by torch: the allocator peak sees at least the output.
+        (q, k, v, _, _), _ = _inputs(QUICK_BENCH, torch.float32, device)
+        K, s = QUICK_BENCH[5:]
+        with torch.no_grad():
+            pk = peak_cuda(lambda: sk.core_kernel_fused(q, k, v, K, s))
+        need = q.shape[0] * q.shape[1] * q.shape[2] * v.shape[-1] * 4
+        out.append(Result("torch's allocator counts the CuPy kernel's output", need <= pk <= 1.1 * need,
+                          f"peak {pk} B, output {need} B"))
+    else:
+        def spin() -> None:
+            end = time.perf_counter() + 2e-3
+            while time.perf_counter() < end:
+                pass
+        med = time_cpu(spin, Stopping(budget_s=0.5, min_samples=7)).median
+        out.append(Result("a 2 ms spin is timed within 3 %", abs(med / 2e-3 - 1) < 0.03, f"{med * 1e3:.3f} ms"))
+        pk = peak_cpu(lambda: torch.empty(1000, 1000))
+        out.append(Result("profiler peak of a 4 MB allocation is exact", pk == 4_000_000, f"{pk} B"))
+    return out
+
+
 # -- timing and memory --------------------------------------------------------------------------------
 def _impls(device: str, quick: bool) -> dict[str, Callable]:
     from .operators import sapa_kernels as sk
@@ -227,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         results += check_autograd(args.device, dtype)
         results += check_carafe(args.device, dtype)
     results += check_misc(args.device)
+    results += check_measurement(args.device)
     failed = [r for r in results if not r.ok]
     for r in failed:
         print(f"FAIL {r.name}: {r.detail}")
