@@ -127,8 +127,14 @@ def roofline(ok: pd.DataFrame, ceilings: dict[str, dict[str, float]], path: Path
         ax.annotate(f"{name}: {bw:.0f} GB/s, {peak:.0f} GFLOP/s", (hi, peak), ha="right", va="bottom",
                     fontsize="x-small", color="grey")
     multi_run = d["run"].nunique() > 1
+    # colour = operator, marker = impl within it: 13 operators × 4 impls must stay tellable apart
+    ops = list(dict.fromkeys(d["op"]))
+    cmap = plt.get_cmap("tab20")
+    markers = "osD^v<>Ph*"
     for key, g in d.groupby(["op", "impl", "run"], sort=False):
-        ax.scatter(g["_ai"], g["_perf"], label=_series_label(key, multi_run), s=18)
+        impls = list(dict.fromkeys(d.loc[d["op"] == key[0], "impl"]))
+        ax.scatter(g["_ai"], g["_perf"], label=_series_label(key, multi_run), s=22,
+                   color=cmap(ops.index(key[0]) % 20), marker=markers[impls.index(key[1]) % len(markers)])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity, FLOP per minimal byte")

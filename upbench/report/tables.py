@@ -39,7 +39,7 @@ def _axis_value(v: Any) -> str:
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
-    return [c for c in AXIS_COLS if c in df and df[c].astype(str).nunique() > 1]
+    return [c for c in AXIS_COLS if c in df and df[c].map(str).nunique() > 1]
 
 
 def _key(df: pd.DataFrame) -> list[str]:
@@ -65,7 +65,8 @@ def _with_ratio(ok: pd.DataFrame) -> pd.DataFrame:
     ok = ok.copy()
     ok["_peak"] = pd.to_numeric(ok["peak_mem_bytes"], errors="coerce")
     key = _key(ok)
-    grp = ok.assign(**{c: ok[c].astype(str) for c in key}).groupby(key)["_peak"]
+    # map(str), not astype(str): pandas ≥ 3 keeps None as a missing value, which groupby would drop
+    grp = ok.assign(**{c: ok[c].map(str) for c in key}).groupby(key)["_peak"]
     ok["_lean"] = grp.transform(lambda s: s[s > 0].min() if (s > 0).any() else math.nan)
     ok["_ratio"] = ok["_peak"] / ok["_lean"]
     return ok
