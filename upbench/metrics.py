@@ -56,7 +56,7 @@ COLUMNS: tuple[Column, ...] = (
            "`-graph` when timed as CUDA-graph replays"),
     Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
     Column("latency_norm", "", "latency", "latency_median_ms / this run's calibration score (geometric mean of "
-           "a 64 MiB copy and a 512² matmul, ms): comparable across sibling machines"),
+           "a 4 MiB copy and a 512² matmul, ms): comparable across sibling machines"),
     Column("throttled", "", "latency", "CUDA: the GPU reported power/thermal clock events or violation time "
            "during the latency pass (NVML before and after); empty on the CPU"),
     Column("throttle_reasons", "", "latency", "which NVML clock-event reasons or violation counters fired"),
