@@ -34,3 +34,15 @@ def test_inputs_alive_before_the_window_are_not_counted():
 def test_vm_hwm_is_readable_on_linux():
     v = vm_hwm_bytes()
     assert v is None or v > 0
+
+
+def test_vm_hwm_cross_check_agrees_with_the_allocator_for_a_large_allocation():
+    from upbench.memory import hwm_delta_cpu
+
+    n = 50_000_000  # 200 MB, touched by ones(): physical pages, far above malloc arenas and page rounding
+    physical = hwm_delta_cpu(lambda: torch.ones(n))
+    if physical is None:
+        import pytest
+
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert abs(physical - peak_cpu(lambda: torch.ones(n))) < 0.05 * 4 * n

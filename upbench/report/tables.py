@@ -103,7 +103,6 @@ def op_table(ok: pd.DataFrame) -> str:
 
 def paper_table(ok: pd.DataFrame) -> str:
     """One row per operator × impl: the overhead table of upsampler papers, generated, never typed."""
-    ok = ok.copy()
     base = ok[ok["op"] == "bilinear"]
     base_lat = _num(base["latency_median_ms"].min()) if not base.empty else None
     rows = []
@@ -112,11 +111,11 @@ def paper_table(ok: pd.DataFrame) -> str:
         lat = _num(r.get("latency_median_ms"))
         speed = _fmt(base_lat / lat, ".2f") if base_lat and lat else "–"
         rows.append([op, impl, _fmt(_num(r["params"]) and _num(r["params"]) / 1e6, ".4g"),
-                     _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"), _latency(r),
-                     speed, _fmt(_num(r.get("peak_mem_bytes")) and _num(r["peak_mem_bytes"]) / MiB, ".4g"),
-                     _agree(r)])
-    head = ["operator", "impl", "+params (M)", "+GMACs", "latency ms", "bilinear time / this",
-            "peak MiB", "agreement"]
+                     _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"), _latency(r), speed,
+                     _fmt(_num(r.get("peak_mem_bytes")) and _num(r["peak_mem_bytes"]) / MiB, ".4g"),
+                     _fmt(r.get("peak_over_ideal"), ".2f"), _roof(r), _agree(r), _bits(r)])
+    head = ["operator", "impl", "+params (M)", "+GMACs", "latency ms", "speed-up vs bilinear", "peak MiB",
+            "× ideal", "% roof (compute / bw)", "agreement", "bitwise"]
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 
 
