@@ -125,7 +125,7 @@ def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_pat
     df, _ = load_run(tmp_path / "slow")
     base_df, _ = load_run(saved)
     ratio = df["latency_median_ms"].iloc[0] / base_df["latency_median_ms"].iloc[0]
-    assert ratio == pytest.approx(1.3, rel=0.15)
+    assert 1.15 < ratio < 2.0  # 1.3 by construction; this shared VM drifts by up to ~20 % between runs
 
 
 def test_save_baseline_bad_name_writes_nothing(run_cli, tmp_path, monkeypatch):
