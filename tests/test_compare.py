@@ -4,7 +4,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from upbench.compare import Thresholds, classify, load_thresholds
 from upbench.results import load_run, write_run
