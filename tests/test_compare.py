@@ -93,9 +93,10 @@ GATE_SUITE = """
 [suite]
 metrics = ["latency"]
 [timing]
-budget_s = 0.6
+budget_s = 0.8
 min_samples = 15
 target_rel_iqr = 0.01
+min_sample_s = 0.005  # samples of several calls: scheduling jitter on a shared VM averages out
 [axes]
 C = 16
 H = 16
@@ -118,10 +119,16 @@ def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_pat
         code, out, _ = run_cli("compare", "baseline:g", f"again{i}", "--threshold", "0.15")
         assert code == 0, out
     monkeypatch.setenv("UPBENCH_TEST_SLOWDOWN", "sapa:lean=1.3")
-    assert run_cli("run", "--suite", suite, "--out", "slow", "--no-progress")[0] == 0
-    code, out, _ = run_cli("compare", "baseline:g", "slow", "--threshold", "0.15")
-    assert code == 1 and "SLOWER" in out, out
-    df, _ = load_run(tmp_path / "slow")
+    verdicts = []
+    for i in range(3):  # as a user would on AMBIGUOUS: measure again; a shared VM has noisy minutes
+        assert run_cli("run", "--suite", suite, "--out", f"slow{i}", "--no-progress")[0] == 0
+        code, out, _ = run_cli("compare", "baseline:g", f"slow{i}", "--threshold", "0.15")
+        verdicts.append(out)
+        assert "SAME" not in out and "FASTER" not in out, out  # never mistaken for no change
+        if code == 1:
+            break
+    assert code == 1 and "SLOWER" in verdicts[-1], verdicts
+    df, _ = load_run(tmp_path / f"slow{i}")
     base_df, _ = load_run(saved)
     ratio = df["latency_median_ms"].iloc[0] / base_df["latency_median_ms"].iloc[0]
     assert 1.15 < ratio < 2.0  # 1.3 by construction; this shared VM drifts by up to ~20 % between runs
