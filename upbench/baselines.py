@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from .errors import UsageError
-from .results import RESULTS_JSON, atomic_write, load_run
+from .results import RESULTS_JSON, atomic_write, device_classes, load_run
 
 ROOT = Path("baselines")
 PREFIX = "baseline:"
@@ -25,10 +25,8 @@ def slug(text: str) -> str:
 
 
 def class_of(run: str | Path) -> str:
-    from .compare import _classes
-
     df, meta = load_run(run)
-    classes = sorted(_classes(df, meta))
+    classes = sorted(device_classes(df, meta))
     if len(classes) != 1:
         raise UsageError(f"run {run}", f"spans {len(classes)} device classes {classes}",
                          "save one baseline per device class (run with one --device)")

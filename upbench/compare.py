@@ -29,9 +29,8 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from .env import device_class
 from .errors import UsageError
-from .results import load_run
+from .results import device_classes, load_run
 
 BAD = ("SLOWER", "FAILED", "WRONG")
 
@@ -129,18 +128,11 @@ def _label(r: pd.Series) -> str:
     return " ".join(parts)
 
 
-def _classes(df: pd.DataFrame, meta: dict[str, Any]) -> set[str]:
-    """Device classes of a run's rows: recorded per row (a run may span GPU models), else from its env."""
-    if "device_class" in df and df["device_class"].notna().all():
-        return set(df["device_class"])
-    return {device_class(meta.get("env", {}), d) for d in df["device"].dropna().unique()}
-
-
 def compare(base_path: str, new_path: str, thresholds: Thresholds, normalise: bool = False,
             cross_device: bool = False) -> pd.DataFrame:
     base, bmeta = load_run(base_path)
     new, nmeta = load_run(new_path)
-    bc, nc = _classes(base, bmeta), _classes(new, nmeta)
+    bc, nc = device_classes(base, bmeta), device_classes(new, nmeta)
     if bc != nc and not cross_device:
         raise UsageError("compare", f"device classes differ: BASE {sorted(bc)} vs NEW {sorted(nc)}",
                          "compare runs of the same device class, or pass --allow-cross-device")

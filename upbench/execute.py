@@ -50,7 +50,7 @@ def _ray() -> Any:
     return ray
 
 
-def _resources(cell: Cell, opts: Options) -> dict[str, float]:
+def _resources(cell: Cell) -> dict[str, float]:
     if cell.case.device == "cuda":
         return {"num_gpus": 1, "num_cpus": 1}
     threads = cell.case.threads or 1
@@ -77,7 +77,7 @@ def run_ray(suite: Suite, cells: list[Cell], opts: Options, address: str | None,
         if cell.skip:  # nothing to run: no task
             yield i, run_cell(suite, cell, opts)
             continue
-        pending[remote.options(**_resources(cell, opts)).remote(suite, cell, opts)] = i
+        pending[remote.options(**_resources(cell)).remote(suite, cell, opts)] = i
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -62,6 +62,15 @@ def write_run(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -
     atomic_write(run_dir / RESULTS_CSV, buf.getvalue())
 
 
+def device_classes(df: pd.DataFrame, meta: dict[str, Any]) -> set[str]:
+    """Device classes of a run's rows: recorded per row (a run may span GPU models), else from its env."""
+    if "device_class" in df and df["device_class"].notna().all():
+        return set(df["device_class"])
+    from .env import device_class
+
+    return {device_class(meta.get("env", {}), d) for d in df["device"].dropna().unique()}
+
+
 def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a run directory or results.json; one clear UsageError for anything that is not one."""
     p = Path(path)

@@ -74,7 +74,6 @@ def _threads(n: int | None) -> Iterator[None]:
 def base_row(suite: Suite, cell: Cell) -> dict[str, Any]:
     c = cell.case
     row: dict[str, Any] = {"suite": suite.name, "cell_id": cell.id, "impl": cell.impl, **c.axes()}
-    row.pop("pass_", None)
     if len(cell.stages) > 1:
         row["stages"] = json.dumps([f"{s.C}x{s.H}x{s.w}" for s in cell.stages])
         for k in ("C", "Cy", "H", "W", "K"):
