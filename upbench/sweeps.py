@@ -19,10 +19,10 @@ from . import registry
 from .axes import normalise
 from .cases import AXES, INT_AXES, Case, cell_id
 from .errors import UsageError
+from .metrics import SELECTABLE as METRICS
 from .plugin import Operator
 from .timing import Stopping
 
-METRICS = ("latency", "memory", "accuracy", "determinism")
 KINDS = ("sweep", "model")
 STAGE_KEYS = ("C", "Cy", "H", "W", "s", "K")
 
@@ -57,6 +57,7 @@ class Suite:
     timing: Stopping
     skips: tuple[Skip, ...] = ()
     stages: tuple[dict[str, int], ...] = ()
+    baseline: str | None = None  # the operator the report's speed-up column divides by (model suites)
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,11 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     stages = tuple(_stage(s, where) for s in raw.get("stage", []))
     if kind == "model" and not stages:
         raise UsageError(where, 'kind = "model" needs at least one [[stage]]')
+    baseline = meta.get("baseline")
+    if baseline is not None and baseline not in {o.name for o in ops}:
+        raise UsageError(where, f"baseline {baseline!r} is not one of the suite's [[op]] names")
     return Suite(name, meta.get("description", ""), source, kind, ops, axes, frozenset(metrics), timing, skips,
-                 stages)
+                 stages, baseline)
 
 
 def _op(o: Any, where: str) -> OpSel:
@@ -208,9 +212,16 @@ def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tu
                              f"impls are {', '.join(sorted(all_impls))}")
     cells: list[Cell] = []
     seen: set[str] = set()
+    params = params or {}
+    declared = {n for s in sels for n in registry.get(s.name).defaults()}
+    for name in params:  # --param sets NAME on every selected operator that has it; an error only if none has
+        if name not in declared:
+            raise UsageError(f"--param {name}", "no selected operator has this hyperparameter",
+                             f"hyperparameters are {', '.join(sorted(declared)) or 'none'}")
     for sel in sels:
         op = registry.get(sel.name)
-        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **(params or {})}.items())), sel.axes)
+        mine = {k: v for k, v in params.items() if k in op.defaults()}
+        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **mine}.items())), sel.axes)
         unknown = set(dict(sel.params)) - set(op.defaults())
         if unknown:
             raise UsageError(f"operator {op.name}", f"unknown hyperparameter(s) {', '.join(sorted(unknown))}",
