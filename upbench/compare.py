@@ -164,8 +164,21 @@ def compare(base_path: str, new_path: str, thresholds: Thresholds, normalise: bo
             else:
                 rec["verdict"], rec["ratio"], rec["ci_lo"], rec["ci_hi"] = classify(sb, sn, t)
                 rec["base_ms"], rec["new_ms"] = float(np.median(sb)), float(np.median(sn))
+        changed = _code_changed(rb, rn)
+        if changed:
+            rec["note"] = "; ".join(filter(None, [rec.get("note"), changed]))
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def _code_changed(rb: pd.Series | None, rn: pd.Series | None) -> str | None:
+    """A note when the two sides ran different code for this impl (its source closure's hash differs)."""
+    if rb is None or rn is None:
+        return None
+    hb, hn = rb.get("impl_hash"), rn.get("impl_hash")
+    if isinstance(hb, str) and isinstance(hn, str) and hb != hn:
+        return f"code changed: impl_hash {hb} → {hn}"
+    return None
 
 
 def _truthy(v: Any) -> bool:
