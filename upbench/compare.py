@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from .axes import REPORT_AXES, SETTING_AXES
 from .errors import UsageError
 from .results import device_classes, load_run
 
@@ -121,7 +122,7 @@ def _scale(meta: dict[str, Any], device: str, normalise: bool, where: str) -> fl
 
 
 def _label(r: pd.Series) -> str:
-    parts = [f"{k}={r[k]}" for k in ("B", "C", "Cy", "H", "W", "K", "s", "dtype", "device")
+    parts = [f"{k}={r[k]}" for k in REPORT_AXES if k != "pass" and k not in SETTING_AXES
              if k in r and r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
     if isinstance(r.get("stages"), str) and r["stages"]:
         parts.append(f"stages={r['stages']}")

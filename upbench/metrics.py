@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .axes import SETTING_AXES
+from .axes import TABLE as AXIS_TABLE
+
 if TYPE_CHECKING:
     from .prepare import Prepared
     from .sweeps import Cell
@@ -32,20 +35,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("cell_id", "", "identity", "stable hash of op, impl and every axis: the same on every machine and run"),
     Column("op", "", "identity", "operator name (entry point in `upbench.operators`)"),
     Column("impl", "", "identity", "implementation name"),
-    Column("pass", "", "identity", "`fwd` (inference, no autograd), `bwd` (backward only, graph built outside the "
-           "timer) or `fwd+bwd`"),
-    Column("B", "", "identity", "batch size"),
-    Column("C", "", "identity", "channels of x (model suites: of the first stage)"),
-    Column("Cy", "", "identity", "guidance / similarity channels; empty when the operator has none or Cy = C"),
-    Column("H", "", "identity", "low-res height"),
-    Column("W", "", "identity", "low-res width; empty means W = H"),
-    Column("s", "", "identity", "upsampling scale"),
-    Column("K", "", "identity", "kernel size; empty when the operator has none"),
-    Column("dtype", "", "identity", "input, parameter and output dtype"),
-    Column("device", "", "identity", "`cpu` or `cuda`"),
+    *(Column(a.name, "", "identity", a.description) for a in AXIS_TABLE if a.name not in SETTING_AXES),
     Column("device_class", "", "identity", "what timings are comparable within: the GPU's name, or the CPU "
            "model and torch thread count, of the machine that ran the row"),
-    Column("threads", "", "identity", "requested torch CPU threads (empty: torch's default)"),
+    *(Column(a.name, "", "identity", a.description) for a in AXIS_TABLE if a.name in SETTING_AXES),
     Column("hp", "", "identity", "operator hyperparameters as JSON"),
     Column("stages", "", "identity", "model suites: the stages run one after another, as CxHxW list"),
     Column("status", "", "status", "`ok`, `skipped`, `failed` or `oom`"),

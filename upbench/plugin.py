@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cases import DTYPES, Case
+from .cases import Case
+from .dtypes import DEFAULT_BWD_TOLERANCE, DEFAULT_TOLERANCE, DTYPES
 
 # A factory receives the case and the operator's module (already cast to the case's dtype and device, or
 # None for parameter-free operators) and returns the callable to measure: ``fn(*inputs) -> Tensor``.
@@ -73,26 +74,6 @@ class Impl:
         if case.pass_ != "fwd" and not self.backward:
             return f"impl {self.name} is forward-only"
         return self.unavailable(case.device) or self.supports(case)
-
-
-# Agreement tolerance: max |impl − reference| over the reference's RMS, per dtype. Relative to the RMS so
-# near-zero outputs cannot pass on an absolute tolerance; loose enough for fp32 accumulation of K²·C terms.
-DEFAULT_TOLERANCE: dict[str, float] = {
-    "float64": 1e-9,
-    "float32": 1e-4,
-    "float16": 1e-2,
-    "bfloat16": 6e-2,
-}
-
-
-# Gradients pass through the softmax, norms and gathers in the working dtype, so half-precision backward
-# errors are several times the forward's; the bound is on the same max |error| / RMS(reference) scale.
-DEFAULT_BWD_TOLERANCE: dict[str, float] = {
-    "float64": 1e-8,
-    "float32": 1e-3,
-    "float16": 5e-2,
-    "bfloat16": 0.25,
-}
 
 
 class Operator:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import registry
+from .axes import STAGE_KEYS
 from .metrics import METRICS, Context, Metric, Options
 from .prepare import prepare
 from .provenance import impl_hash
@@ -58,7 +59,7 @@ def identity(suite: str, cell: Cell) -> dict[str, Any]:
     row: dict[str, Any] = {"suite": suite, "cell_id": cell.id, "impl": cell.impl, **c.axes()}
     if len(cell.stages) > 1:
         row["stages"] = json.dumps([f"{s.C}x{s.H}x{s.w}" for s in cell.stages])
-        for k in ("C", "Cy", "H", "W", "K"):
+        for k in STAGE_KEYS:  # an axis the stages disagree on has no one value
             if len({getattr(s, k) for s in cell.stages}) > 1:
                 row[k] = None
     row["impl_hash"] = _hash(cell.op, cell.impl)

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .axes import normalise
-from .cases import AXES, INT_AXES, Case, cell_id
+from .axes import AXES, BY_NAME, DEFAULTS, EXPANSION_ORDER, STAGE_KEYS, normalise
+from .cases import Case, cell_id
 from .errors import UsageError
 from .metrics import SELECTABLE as METRICS
 from .plugin import Operator
 from .timing import Stopping
 
 KINDS = ("sweep", "model")
-STAGE_KEYS = ("C", "Cy", "H", "W", "s", "K")
 
 
 @dataclass(frozen=True)
@@ -179,8 +178,7 @@ def _stage(s: Any, where: str) -> dict[str, int]:
 
 # -- expansion ----------------------------------------------------------------------------------------------
 def _case_for(op: Operator, sel: OpSel, vals: dict[str, Any]) -> Case:
-    kw = {k: v for k, v in vals.items() if k in INT_AXES or k in ("dtype", "device", "layout", "threads")}
-    kw["pass_"] = vals["pass"]
+    kw = {BY_NAME[k].attr: v for k, v in vals.items()}
     if not op.uses_K:
         kw["K"] = None
     if not op.has_Cy:
@@ -197,8 +195,7 @@ def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tu
            overrides: dict[str, tuple[Any, ...]] | None = None,
            params: dict[str, Any] | None = None) -> list[Cell]:
     """The ordered, de-duplicated cells of ``suite``; raises UsageError on values no cell can use."""
-    defaults = {k: (v,) for k, v in INT_AXES.items()} | {"dtype": ("float32",), "device": ("cpu",),
-                                                         "layout": ("nchw",), "threads": (None,), "pass": ("fwd",)}
+    defaults = {k: (DEFAULTS[k],) for k in EXPANSION_ORDER}
     sels = [o for o in suite.ops if not only_ops or o.name in only_ops]
     if only_ops:
         missing = [n for n in only_ops if n not in {o.name for o in suite.ops}]

@@ -15,7 +15,9 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-AXIS_COLS = ("run", "stages", "B", "C", "Cy", "H", "W", "s", "K", "dtype", "device", "pass", "threads", "hp")
+from ..axes import REPORT_AXES
+
+AXIS_COLS = ("run", "stages", *REPORT_AXES, "hp")
 MiB = 2**20
 
 
