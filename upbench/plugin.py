@@ -152,18 +152,26 @@ class Operator:
         m = self.module(case)
         return 0 if m is None else sum(p.numel() for p in m.parameters())
 
-    def macs(self, case: Case) -> int:
-        """Forward multiply-accumulates by the convention of DESIGN.md §6."""
+    def params_formula(self, case: Case) -> int:
+        """Learned parameters by formula (the tests hold it equal to :meth:`params`); 0 when parameter-free."""
+        return 0
+
+    def mac_terms(self, case: Case) -> dict[str, int]:
+        """Forward multiply-accumulates by named term (docs/operators.md's convention)."""
         raise NotImplementedError
+
+    def macs(self, case: Case) -> int:
+        """Forward multiply-accumulates: the sum of :meth:`mac_terms` unless an operator says otherwise."""
+        return sum(self.mac_terms(case).values())
 
     def bwd_macs(self, case: Case) -> int:
         """Backward MACs: by default 2× forward (one product for each operand's gradient)."""
         return 2 * self.macs(case)
 
     def min_bytes(self, case: Case) -> int:
-        """Bytes an ideal forward must move: read every input once, write the output once."""
+        """Bytes an ideal forward must move: read every input and parameter once, write the output once."""
         oh, ow = case.out_hw
         n = case.B * case.C * case.H * case.w + case.B * case.C * oh * ow
         if self.guided:
             n += case.B * case.cy * oh * ow
-        return n * torch.empty((), dtype=case.torch_dtype).element_size()
+        return (n + self.params_formula(case)) * case.torch_dtype.itemsize
