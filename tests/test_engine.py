@@ -202,3 +202,15 @@ def test_per_cell_write_cost_does_not_grow_with_the_number_of_cells(tmp_path, mo
     assert set(small) == set(large) and len(set(large)) == 1
     assert (small_syncs - 1) / 100 == (large_syncs - 1) / 5000 == 1  # one sync per append, one at the close
     assert len(rundir.read_rows(tmp_path / "b")) == 5000
+
+
+def test_ctrl_c_during_calibration_is_one_line_and_writes_nothing(run_cli, tmp_path, monkeypatch):
+    from upbench import engine
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_calibrate", interrupted)
+    code, _, err = run_cli("run", "--suite", "smoke", "--out", tmp_path / "r", "--no-progress")
+    assert code == 130 and err == "upbench: interrupted\n"
+    assert not (tmp_path / "r").exists()

@@ -292,6 +292,8 @@ class Engine:
             return self._measure()
         finally:
             lock.release()
+            with suppress(OSError):  # interrupted before anything was written: leave no empty directory
+                self.run_dir.rmdir()
 
     def _measure(self) -> Outcome:
         from .env import device_class
