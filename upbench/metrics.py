@@ -219,8 +219,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("counts", "the operator's analytic formulas, summed over stages", _counts, selectable=False,
            needs_run=False),
     Metric("accuracy", "impl vs the float64 reference on the same inputs and weights", _accuracy),
-    Metric("latency", "median of timed samples (timing.py), with NVML throttle events on CUDA", _latency),
-    Metric("memory", "allocator peak in its own pass (memory.py)", _memory),
+    Metric("latency", "median of timed samples (the stopping rule above); NVML throttle events on CUDA", _latency),
+    Metric("memory", "the allocator's peak, in its own pass", _memory),
     Metric("determinism", "two calls compared bit for bit", _determinism),
     Metric("roofline", "counts / median latency over the device's probed ceilings", _roofline,
            selectable=False, requires=("latency_median_ms",)),
@@ -240,5 +240,15 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def metrics_table() -> str:
+    """The metric reference of docs/results.md: each declared metric, when it runs, how it is measured."""
+    lines = ["| metric | runs | devices | how | columns |", "|---|---|---|---|---|"]
+    for m in METRICS:
+        runs = "when the suite lists it" if m.selectable else "always" if not m.requires else "after latency"
+        cols = ", ".join(f"`{c.name}`" for c in m.columns)
+        lines.append(f"| {m.name} | {runs} | {', '.join(m.devices)} | {m.how} | {cols} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    print(metrics_table() + "\n\n" + markdown_table())
