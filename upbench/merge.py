@@ -69,6 +69,8 @@ def merge(paths: list[Path], out: Path, force: bool = False) -> int:
                 command=" ; ".join(m.get("command", "?") for _, _, m in loaded))
     order = {cid: i for i, cid in enumerate(sorted(owner, key=lambda c: _position(c, loaded)))}
     rows.sort(key=lambda r: order[r["cell_id"]])
+    meta["cell_ids"] = [r["cell_id"] for r in rows]  # the whole sweep's, not the first shard's
+    meta.pop("request", None)  # each shard's own settings stay under "shards"; a merge is not resumable
     write_run(out, rows, meta)
     print(f"upbench: merged {len(loaded)} shards, {len(rows)} cells into {out}", file=sys.stderr)
     return 0
