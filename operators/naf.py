@@ -37,7 +37,6 @@ from .vfm_common import (
     gn_encoder_macs,
     gn_encoder_params,
     maybe_checkpoint,
-    rotate_half,
 )
 
 
@@ -62,10 +61,13 @@ class NafModule(nn.Module):
         ch = (torch.arange(0.5, h, dtype=x.dtype, device=x.device) / h) * 2 - 1
         cw = (torch.arange(0.5, w, dtype=x.dtype, device=x.device) / w) * 2 - 1
         coords = torch.stack(torch.meshgrid(ch, cw, indexing="ij"), -1).reshape(-1, 2)
-        ang = (2 * math.pi * coords[:, :, None] / self.periods.to(x.dtype)).flatten(1).tile(2)  # (hw, dh)
-        t = x.reshape(B, n, D // n, h * w).transpose(2, 3)
-        t = t * ang.cos() + rotate_half(t) * ang.sin()
-        return t.transpose(2, 3).reshape(B, D, h, w)
+        ang = (2 * math.pi * coords[:, :, None] / self.periods.to(x.dtype)).flatten(1).tile(2).T  # (dh, hw)
+        # Channels-first per head, so no transposed copies; one product plus one in-place multiply-add.
+        t = x.reshape(B, n, D // n, h * w)
+        a, b = t.chunk(2, dim=2)
+        out = t * ang.cos()
+        out.addcmul_(torch.cat((-b, a), dim=2), ang.sin())
+        return out.view(B, D, h, w)
 
     def queries_keys(self, x: Tensor, image: Tensor, out_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Query map (B, 256, oh, ow) and key map (B, 256, h, w)."""

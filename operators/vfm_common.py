@@ -22,7 +22,7 @@ from upbench.plugin import HyperParam, Operator
 PATCH = HyperParam("patch", 16, "backbone patch size: the guidance image is (patch·H) × (patch·W)")
 
 # Lean attention bounds the attention weights it holds at once: this many elements per query chunk, or a
-# quarter of the output's elements when that is larger (the weights then stay well under the output's size).
+# sixteenth of the output's elements when that is larger (weights and their softmax stay a small fraction).
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -149,7 +149,7 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
 # -- lean attention --------------------------------------------------------------------------------------------
 def chunk_rows(n_rows: int, row_elems: int, out_elems: int) -> int:
     """Rows per chunk so that a chunk's ``row_elems``-element rows stay within the attention budget."""
-    budget = max(CHUNK_ELEMENTS, out_elems // 4)
+    budget = max(CHUNK_ELEMENTS, out_elems // 16)
     return max(1, min(n_rows, budget // max(1, row_elems)))
 
 
@@ -171,7 +171,7 @@ def head_mean_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     """
     B, n, L, _ = q.shape
     C = v.shape[-1]
-    row = q_rows or L
+    row = q_rows or 1
     rows = chunk_rows(L // row, row * n * k.shape[2], L * C)
     out = q.new_empty(B, L, C)
     for r0 in range(0, L // row, rows):
