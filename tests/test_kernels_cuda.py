@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from upbench import _cuda, _optional, selfcheck
+from upbench.operators.kernel_binding import GPU_DEFINES
 
 
 def test_import_upbench_needs_no_gpu_or_cupy():
@@ -18,7 +19,7 @@ def test_import_upbench_needs_no_gpu_or_cupy():
 def test_unavailable_reason_and_clear_errors():
     assert _cuda.unavailable_reason() == "needs a CUDA device (torch.cuda.is_available() is False)"
     with pytest.raises(RuntimeError, match="cupy kernels: needs a CUDA device"):
-        _cuda.function("sapa", "sapa_sim_f32", 0)
+        _cuda.function("sapa", "sapa_sim_f32", 0, GPU_DEFINES)
 
 
 def test_cupy_reason_is_remembered():
@@ -50,7 +51,8 @@ def test_nvrtc_compiles_the_source_as_cupy_would(arch):
     nvrtc = _nvrtc()
     prog = nvrtc.createProgram(_cuda.source("sapa"), "sapa.cu", [], [])
     try:
-        nvrtc.compileProgram(prog, (*_cuda.NVRTC_OPTIONS, f"--gpu-architecture={arch}"))
+        # CuPy appends -ftz=true after the caller's options: compile exactly what it would
+        nvrtc.compileProgram(prog, (*_cuda.nvrtc_options(GPU_DEFINES), f"--gpu-architecture={arch}", "-ftz=true"))
     except Exception as exc:
         pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)[:4000]}")
     ptx = nvrtc.getPTX(prog).decode()

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 
 from upbench import _cpu_shim
+from upbench.operators.kernel_binding import CPU_DEFINES
 
 DRIVER = textwrap.dedent("""
     import torch
@@ -56,7 +57,7 @@ def _skip_reason() -> str | None:
 def test_kernels_run_clean_under_asan_and_ubsan():
     for variant in ("asan", "asan-simt"):  # build here, so a compile error shows as itself
         for family in ("sapa", "carafe"):
-            _cpu_shim.build(family, variant)
+            _cpu_shim.build(family, variant, CPU_DEFINES[variant])
     env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     res = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=300)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from upbench import kernel_stats
+from upbench.operators import kernel_stats
 from upbench._cpu_shim import kernel_dir
 
 SOURCES = sorted(p.name for p in kernel_dir().glob("*.cu"))
