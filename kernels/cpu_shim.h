@@ -94,23 +94,33 @@ void upb_launch(const long long* cfg, F&& body) {
 #include <vector>
 
 #define __shared__ static  // blocks run one at a time, so one copy per kernel instantiation is per-block
+// UPB_RACE (built with -fsanitize=thread): shuffles exchange values without ordering memory, as on a GPU, so
+// ThreadSanitizer reports any shared-memory access pair that only a shuffle separates (a missing barrier).
+#ifdef UPB_RACE
+#define UPB_SHFL_ORDER true
+#else
+#define UPB_SHFL_ORDER false
+#endif
 
 struct UpbWarp {
   std::atomic<int> arrived{0};
   std::atomic<long long> generation{0};
-  unsigned long long slot[UPB_LANES];
+  std::atomic<unsigned long long> slot[UPB_LANES];
 
-  // Spin-yield barrier over the warp's lanes (condition variables made the tests ~4× slower).
+  // Spin-yield barrier over the warp's lanes (condition variables made the tests ~4× slower). relaxed: the
+  // lanes wait for each other but no memory is ordered (how UPB_RACE builds model shuffles).
   void barrier() { barrier_n(UPB_LANES); }
-  void barrier_n(unsigned n) {
-    const long long gen = generation.load(std::memory_order_acquire);
-    if (arrived.fetch_add(1, std::memory_order_acq_rel) + 1 == (int)n) {
+  void barrier_n(unsigned n, bool relaxed = false) {
+    const auto acq = relaxed ? std::memory_order_relaxed : std::memory_order_acquire;
+    const auto ar = relaxed ? std::memory_order_relaxed : std::memory_order_acq_rel;
+    const long long gen = generation.load(acq);
+    if (arrived.fetch_add(1, ar) + 1 == (int)n) {
       arrived.store(0, std::memory_order_relaxed);
-      generation.fetch_add(1, std::memory_order_acq_rel);
+      generation.fetch_add(1, ar);
       return;
     }
     const auto start = std::chrono::steady_clock::now();
-    while (generation.load(std::memory_order_acquire) == gen) {
+    while (generation.load(acq) == gen) {
       std::this_thread::yield();
       if (std::chrono::steady_clock::now() - start > std::chrono::seconds(20)) {
         std::fprintf(stderr, "cpu_shim: warp barrier timed out: a lane skipped a shuffle or __syncwarp\n");
@@ -127,11 +137,14 @@ T upb_exchange(T v, int src) {
   static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
   UpbWarp& w = *upb_warp;
   const int lane = threadIdx.x % UPB_LANES;
-  std::memcpy(&w.slot[lane], &v, sizeof(T));
-  w.barrier();
+  unsigned long long bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  w.slot[lane].store(bits, std::memory_order_relaxed);
+  w.barrier_n(UPB_LANES, UPB_SHFL_ORDER);
   T r;
-  std::memcpy(&r, &w.slot[src & (UPB_LANES - 1)], sizeof(T));
-  w.barrier();
+  bits = w.slot[src & (UPB_LANES - 1)].load(std::memory_order_relaxed);
+  std::memcpy(&r, &bits, sizeof(T));
+  w.barrier_n(UPB_LANES, UPB_SHFL_ORDER);
   return r;
 }
 

@@ -10,6 +10,7 @@ what the ``weak`` shim variant and ``kernel_stats`` compile with) and the CPU va
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ CPU_DEFINES: dict[str, Defines] = {
     "weak": GPU_DEFINES,
     "asan": _defs(LANES=1, WARPS=1, VPT=32, VPT_T=32, NC=2),
     "asan-simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),
+    "race": GPU_DEFINES,
 }
 
 
@@ -129,7 +131,7 @@ class Family:
                 _cuda.function(self.name, self.entry(k, dtype), idx, GPU_DEFINES)
         else:
             variant = _cpu_shim.current_variant()
-            _cpu_shim.load(self.name, variant, defines_for("cpu", variant))
+            _cpu_shim.load(self.name, variant, defines_for("cpu", variant), _cpu_shim.current_kernel_dir())
 
     def sources(self, device: str) -> tuple[str, ...]:
         return kernel_sources(self.name, device)
@@ -138,6 +140,29 @@ class Family:
 def available(device: str) -> str | None:
     """None when kernels can run on ``device`` here, else why not."""
     return _cuda.unavailable_reason() if device == "cuda" else _cpu_shim.unavailable_reason()
+
+
+_BARRIER = re.compile(r"^(?!\s*#)(.*?)\b(UPB_SYNCWARP\(\)|__syncwarp\([^)]*\)|__syncthreads\(\))", re.MULTILINE)
+
+
+def barrier_sites(kdir: Path | None = None) -> list[tuple[str, int, str]]:
+    """Every barrier call in the kernel sources (not in macro definitions): (file name, line number, call).
+    The barrier mutation tests remove each in turn."""
+    kdir = kdir or _cpu_shim.kernel_dir()
+    sites = []
+    for p in sorted(kdir.iterdir()):
+        if p.suffix in (".cu", ".cuh") or (p.suffix == ".h" and p.name != _cpu_shim.SHIM_HEADER):
+            text = p.read_text()
+            for m in _BARRIER.finditer(text):
+                if "//" in m.group(1):  # in a comment
+                    continue
+                sites.append((p.name, text.count("\n", 0, m.start()) + 1, m.group(2)))
+    return sites
+
+
+def families_using(file_name: str, families: tuple[str, ...]) -> list[str]:
+    """The families among ``families`` whose include closure holds ``file_name``."""
+    return [f for f in families if file_name in _cuda.include_closure(f)]
 
 
 def kernel_sources(family: str, device: str | None = None) -> tuple[str, ...]:

@@ -58,6 +58,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("weak", ("-O1", "-pthread", "-DUPB_WEAK=1"), simt=True),
         Variant("asan", (*_SAN, "-march=native", "-fopenmp"), simt=False),
         Variant("asan-simt", (*_SAN, "-pthread"), simt=True),
+        # ThreadSanitizer with shuffles that order no memory: reports shared-memory races that only a missing
+        # barrier allows (loadable only with libtsan preloaded)
+        Variant("race", ("-O1", "-g", "-fsanitize=thread", "-pthread", "-DUPB_RACE=1"), simt=True),
     )
 }
 COMMON_FLAGS = ("-std=gnu++17", "-shared", "-fPIC", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas")
@@ -90,11 +93,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def sanitizer_runtime() -> str | None:
-    """Path of libasan.so for LD_PRELOAD, or None when the compiler has no ASan runtime."""
+def sanitizer_runtime(lib: str = "libasan.so") -> str | None:
+    """Path of a sanitizer runtime (libasan.so, libtsan.so) for LD_PRELOAD, or None when the compiler has none."""
     if shutil.which(compiler()) is None:
         return None
-    out = subprocess.run([compiler(), "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([compiler(), f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
     return out if os.path.isabs(out) and os.path.exists(out) else None
 
 
@@ -166,17 +169,22 @@ def current_variant() -> str:
     return getattr(_local, "variant", None) or os.environ.get("UPBENCH_CPU_SHIM", "fast")
 
 
+def current_kernel_dir() -> Path | None:
+    return getattr(_local, "kdir", None)
+
+
 @contextlib.contextmanager
-def use_variant(name: str) -> Iterator[None]:
-    """Run the CPU paths of the custom ops on another shim build (tests: ``simt``)."""
+def use_variant(name: str, kdir: Path | None = None) -> Iterator[None]:
+    """Run the CPU paths of the custom ops on another shim build (tests: ``simt``, ``weak``), optionally of
+    the kernel sources in ``kdir`` instead of the package's (tests: mutated copies)."""
     if name not in VARIANTS:
         raise ValueError(f"unknown shim variant {name!r}; known: {', '.join(VARIANTS)}")
-    old = getattr(_local, "variant", None)
-    _local.variant = name
+    old = getattr(_local, "variant", None), getattr(_local, "kdir", None)
+    _local.variant, _local.kdir = name, kdir
     try:
         yield
     finally:
-        _local.variant = old
+        _local.variant, _local.kdir = old
 
 
 def launch(family: str, entry: str, defines: Defines, items: int, *args: torch.Tensor | int, grid_y: int = 1,
@@ -201,4 +209,4 @@ def launch(family: str, entry: str, defines: Defines, items: int, *args: torch.T
             cargs.append(ctypes.c_void_p(a.data_ptr()))
         else:
             cargs.append(ctypes.c_int64(int(a)))
-    getattr(load(family, variant, defines, kdir), entry)(cfg, *cargs)
+    getattr(load(family, variant, defines, kdir or current_kernel_dir()), entry)(cfg, *cargs)
