@@ -59,13 +59,14 @@ DRIVER = textwrap.dedent("""
 
     with _cpu_shim.use_variant(variant, kdir):
         if "sapa" in fams:
-            for B, H, W, D, C, K, s in [(1, 2, 3, 5, 7, 3, 2), (1, 2, 2, 33, 260, 5, 3), (2, 1, 2, 4, 3, 1, 1)]:
+            for B, H, W, D, C, K, s in [(1, 2, 3, 5, 7, 3, 2), (1, 2, 2, 33, 260, 5, 3)]:
                 q, k, v = rnd(B, H * s, W * s, D) * D ** -0.5, rnd(B, H, W, D), rnd(B, H, W, C)
                 gr, A = rnd(B, H * s, W * s, C), rnd(B, H * s, W * s, K * K).softmax(-1)
                 f = [t.float() for t in (q, k, v, gr, A)]
-                close(f"sapa fused {(B, H, W, D, C, K, s)}", sk.fused_into(f[0], f[1], f[2], nan(B, H * s, W * s, C), K, s),
-                      core_reference(q.float().double(), k.float().double(), v.float().double(), K, s))
-                close(f"sapa sim {(B, H, W, D, C, K, s)}", sk.sim_into(f[0], f[1], nan(B, H * s, W * s, K * K), K, s),
+                shape = (B, H, W, D, C, K, s)
+                close(f"sapa fused {shape}", sk.fused_into(f[0], f[1], f[2], nan(B, H * s, W * s, C), K, s),
+                      core_reference(f[0].double(), f[1].double(), f[2].double(), K, s))
+                close(f"sapa sim {shape}", sk.sim_into(f[0], f[1], nan(B, H * s, W * s, K * K), K, s),
                       sk.sim_reference(f[0].double(), f[1].double(), K, s))
                 close(f"sapa atn {(B, H, W, D, C, K, s)}", sk.atn_into(f[4], f[2], nan(B, H * s, W * s, C), K, s),
                       sk.atn_reference(f[4].double(), f[2].double(), K, s))
@@ -147,7 +148,8 @@ def test_weak_memory_mode_runs_every_kernel_and_barrier_mutants_fail(tmp_path, c
         for fam in FAMILIES:
             _cpu_shim.build(fam, variant, kb.CPU_DEFINES[variant])
     mutants = _mutants(tmp_path)
-    todo = [(f"unmutated, {v}, seed {seed}", v, "", list(FAMILIES), seed) for v in VARIANTS for seed in (1, 2)]
+    todo = [(f"unmutated, {v}, seed {seed}", v, "", list(FAMILIES), seed)
+            for v in VARIANTS for seed in ((1, 2) if v == "weak" else (1,))]
     todo += [(name, v, str(kdir), fams, 1) for name, kdir, fams in mutants for v in VARIANTS]
     done: dict[tuple[str, str], str] = {}
     running: list[tuple[str, str, subprocess.Popen]] = []
