@@ -1,8 +1,9 @@
 """Resource use of upbench's CUDA kernels, read from ptxas without a GPU.
 
 ``compile_stats(path, arch)`` compiles one ``.cu`` file with ``nvcc -cubin -Xptxas -v`` using the CUDA
-build's own defines and float mode (kernel_binding.GPU_DEFINES, upbench._cuda.nvcc_options) and returns, per kernel entry point, its registers, stack frame, spill
-stores/loads and shared memory. A spill or a stack frame in a hot kernel means local-memory traffic on the
+build's own defines and float mode (kernel_binding.GPU_DEFINES, upbench._cuda.nvcc_options: -ftz=true as
+CuPy compiles) and returns, per kernel entry point, its registers, stack frame, spill stores/loads and
+shared memory. A spill or a stack frame in a hot kernel means local-memory traffic on the
 GPU; the tests fail on either, and reports can show the table.
 """
 
