@@ -27,6 +27,20 @@
 #define UPB_MAX_KK (UPB_MAX_K * UPB_MAX_K)
 #define UPB_FULL_MASK 0xffffffffu
 
+// Device-side argument checks, in debug builds only (-DUPB_DEBUG=1: the sanitizer builds, and CUDA builds with
+// UPBENCH_KERNEL_DEBUG=1): the bindings validate every launch, this catches a launch that bypassed them.
+#if defined(UPB_DEBUG) && UPB_DEBUG
+#if defined(__CUDACC__)
+#define UPB_DEVICE_CHECK(cond, what) \
+  do { if (!(cond)) { printf("upbench kernel: %s\n", what); __trap(); } } while (0)
+#else
+#define UPB_DEVICE_CHECK(cond, what) \
+  do { if (!(cond)) { fprintf(stderr, "upbench kernel: %s\n", what); abort(); } } while (0)
+#endif
+#else
+#define UPB_DEVICE_CHECK(cond, what) ((void)0)
+#endif
+
 #if defined(__CUDACC__)
 #define UPB_SIMD
 #define UPB_SIMD_RED(...)

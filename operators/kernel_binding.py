@@ -10,6 +10,7 @@ what the ``weak`` shim variant and ``kernel_stats`` compile with) and the CPU va
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,10 +49,10 @@ CPU_DEFINES: dict[str, Defines] = {
 
 
 def defines_for(device_type: str, variant: str | None = None) -> Defines:
-    """The lane model of the build that runs on ``device_type`` (the current shim variant on the CPU)."""
-    if device_type == "cuda":
-        return GPU_DEFINES
-    return CPU_DEFINES[variant or _cpu_shim.current_variant()]
+    """The lane model of the build that runs on ``device_type`` (the current shim variant on the CPU), with
+    the kernels' device-side argument checks when ``UPBENCH_KERNEL_DEBUG=1``."""
+    d = GPU_DEFINES if device_type == "cuda" else CPU_DEFINES[variant or _cpu_shim.current_variant()]
+    return (*d, ("UPB_DEBUG", 1)) if os.environ.get("UPBENCH_KERNEL_DEBUG") == "1" else d
 
 
 def chunk_t(t: Tensor) -> int:
@@ -116,7 +117,7 @@ class Family:
         entry = self.entry(kernel, t.dtype)
         check_grid_y(entry, grid_y)
         if t.device.type == "cuda":
-            _cuda.launch(self.name, entry, GPU_DEFINES, items, *args, grid_y=grid_y)
+            _cuda.launch(self.name, entry, defines_for("cuda"), items, *args, grid_y=grid_y)
         elif t.device.type == "cpu":
             _cpu_shim.launch(self.name, entry, defines_for("cpu"), items, *args, grid_y=grid_y,
                              ftz=t.dtype != torch.float64)
@@ -128,7 +129,7 @@ class Family:
         if device == "cuda":
             idx = torch.cuda.current_device()
             for k in kernels:
-                _cuda.function(self.name, self.entry(k, dtype), idx, GPU_DEFINES)
+                _cuda.function(self.name, self.entry(k, dtype), idx, defines_for("cuda"))
         else:
             variant = _cpu_shim.current_variant()
             _cpu_shim.load(self.name, variant, defines_for("cpu", variant), _cpu_shim.current_kernel_dir())

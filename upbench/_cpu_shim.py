@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-_SAN = ("-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
+_SAN = ("-O0", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+        "-DUPB_DEBUG=1")  # with the kernels' device-side argument checks
 
 
 Defines = tuple[tuple[str, int], ...]  # ordered (name, value) pairs, as the bindings pass them
