@@ -214,6 +214,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     finally:
         bar.close()
     rows = [done[k] for k in sorted(done)]
+    disagree = sweeps.mark_disagreements(suite, [cells[k] for k in sorted(done)], rows)
     meta["elapsed_s"] = time.perf_counter() - t0
     results.write_run(run_dir, rows, meta)
     _write_report([run_dir], None)
@@ -223,9 +224,13 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"upbench: baseline saved as {save(run_dir, args.save_baseline)}", file=sys.stderr)
     bad = [r for r in rows if r["status"] in ("failed", "oom")]
     print(f"upbench: {len(rows)} cells, {len(bad)} failed; results and report in {run_dir}", file=sys.stderr)
+    if disagree:
+        shown = ", ".join(str(r.get("cell_id")) for r in disagree[:5]) + (", …" if len(disagree) > 5 else "")
+        print(f"upbench: {len(disagree)} cells disagree with their reference beyond tolerance ({shown}); "
+              "declare expected ones in the suite with [[expect]] where = {…} reason = \"…\"", file=sys.stderr)
     if meta["status"] != "complete":
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if bad else EXIT_OK
+    return EXIT_FAILED if bad or disagree else EXIT_OK
 
 
 def _progress(total: int, disabled: bool) -> Any:
