@@ -11,7 +11,8 @@ Variants (the ``cpu_shim.h`` launch models): ``fast`` (one-lane warps, OpenMP ov
 channel loops; what the ``cpu-kernel`` impls use), ``simt`` (32-lane warps, one OS thread per CUDA thread:
 runs the GPU lane logic — shuffles, warp scratch — on tiny shapes), ``weak`` (SIMT under a weak-memory
 model: shared memory private to a thread until a barrier publishes it, seeded random thread and block order,
-poisoned shared memory; see cpu_shim.h), and ``asan`` / ``asan-simt`` (under -fsanitize=address,undefined;
+poisoned shared memory; see cpu_shim.h), ``race`` (SIMT under ThreadSanitizer, shuffles ordering no memory;
+loadable only with libtsan preloaded) and ``asan`` / ``asan-simt`` (under -fsanitize=address,undefined;
 loadable only in a process started with libasan preloaded). Every launch runs in the GPU build's float mode:
 fp32 subnormals flushed (x86 MXCSR FTZ+DAZ), except for float64 entries.
 """
@@ -133,6 +134,10 @@ def build(family: str, variant: str, defines: Defines, kdir: Path | None = None)
     if reason:
         raise RuntimeError(f"cpu-kernel: {reason}")
     v = VARIANTS[variant]
+    lanes = dict(defines).get("UPB_LANES")
+    if lanes != (32 if v.simt else 1):
+        raise ValueError(f"cpu-kernel: variant {variant!r} runs {'32' if v.simt else '1'}-lane warps, "
+                         f"but the defines say UPB_LANES={lanes}")
     kdir = kdir or kernel_dir()
     flags = [*COMMON_FLAGS, *v.flags, *(f"-D{k}={val}" for k, val in defines)]
     h = hashlib.sha256()
