@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .plugin import Operator
+    from .workload import Stage
 
 
 @dataclass(frozen=True)
@@ -57,3 +62,18 @@ def agreement(out: Tensor, ref: Tensor, border: Tensor, tol: float, channels_las
     ok = math.isfinite(max_rel) and max_rel <= tol
     return Agreement(max_abs, rel_rms, max_rel, _masked_max(err, mask) / scale, _masked_max(err, ~mask) / scale,
                      tol, ok)
+
+
+def stage_agreement(op: Operator, st: Stage, pass_: str) -> tuple[Agreement, list[Tensor]]:
+    """One stage's worst agreement over its outputs (or gradients), and the impl's results."""
+    from .workload import reference_outputs
+
+    got, want = reference_outputs(op, st, pass_, st.case.seed() + 2)
+    tol = (op.tolerance if pass_ == "fwd" else op.bwd_tolerance)[st.case.dtype]
+    border = op.border_mask(st.case)
+    results = []
+    for a, b in zip(got, want, strict=True):
+        out_like = tuple(b.shape[-3:-1] if op.channels_last else b.shape[-2:]) == tuple(border.shape)
+        mask = border if out_like else torch.zeros(b.shape[-2:], dtype=torch.bool)
+        results.append(agreement(a, b, mask, tol, op.channels_last and out_like))
+    return Agreement.worst(results), got

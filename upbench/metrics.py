@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Column:
     name: str
     unit: str
-    group: str  # identity | status | latency | memory | counts | accuracy
+    group: str  # identity | status | latency | memory | counts | accuracy | trust
     description: str
 
 
@@ -86,6 +86,33 @@ COLUMNS: tuple[Column, ...] = (
     Column("err_interior_max_rel", "", "accuracy", "err_max_rel over interior pixels"),
     Column("err_tol", "", "accuracy", "the operator's tolerance for this dtype"),
     Column("agree", "", "accuracy", "err_max_rel ≤ err_tol"),
+    # -- trust checks (issue 13: adversarial.py, properties.py, floor.py, cuda_checks.py, trust.py) ---------------
+    Column("agree_worst_input", "", "trust", "the input that gave the worst agreement: `normal` (the case's own), "
+           "or `seed2`, `uniform`, `heavy` (Student t, 3 dof), `large` (×10 in fp32) or `constant`, run at a "
+           "reduced shape `@HxW` (H, W ≤ K + 4) when the case is larger"),
+    Column("property_check", "", "trust", "the operator's declared properties on a constant input (forward "
+           "passes): `ok`, `failed: …` with what failed, empty when it declares none"),
+    Column("floor_ms", "ms", "trust", "speed of light: max(flops / matmul ceiling, min_bytes / copy ceiling); "
+           "the bytes term in forward passes only"),
+    Column("latency_over_floor", "", "trust", "latency_median_ms / floor_ms; below 1 is impossible"),
+    Column("floor_verdict", "", "trust", "`implausible` when latency × (1 + 2·IQR/median) < floor × 0.75 "
+           "(beyond noise and ceiling slack), else `ok`"),
+    Column("timing_check", "", "trust", "CUDA: the same calls timed by CUDA events on a side stream and by "
+           "device-wide sync + host clock: `ok`, `escaped-stream` (work the events missed) or `host-sync` (the "
+           "call waited for the GPU); empty on the CPU"),
+    Column("backend", "", "trust", "what actually ran, for an impl that can fall back (its callable's "
+           "`upbench_backend`); empty when the impl does not say"),
+    Column("energy_j_per_call", "J", "trust", "CUDA, metric `energy`: NVML total-energy counter over ≥ 1 s of "
+           "repeated calls, divided by the calls (device-wide: idle power included)"),
+    Column("energy_window_s", "s", "trust", "length of the energy window"),
+    Column("energy_calls", "", "trust", "calls in the energy window"),
+    Column("power_limit_w", "W", "trust", "NVML enforced power limit during the energy window"),
+    Column("energy_sm_clock_mhz", "MHz", "trust", "SM clock at the end of the energy window"),
+    Column("energy_mem_clock_mhz", "MHz", "trust", "memory clock at the end of the energy window"),
+    Column("clocks_locked", "", "trust", "clocks pinned by an application- or locked-clock setting"),
+    Column("energy_reason", "", "trust", "why energy is absent (the CPU, no NVML, no counter)"),
+    Column("trust", "", "trust", "`ok`, or the failed checks: `modified-input`, `wrong` / `wrong@<input>`, "
+           "`property`, `implausible`, `escaped-stream`, `host-sync` (the report adds `speed-up` flags)"),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -21,14 +21,15 @@ from typing import Any
 
 import torch
 
-from . import memory, registry, timing
+from . import adversarial, cuda_checks, floor, memory, registry, timing
 from ._nvml import throttle_events, throttle_snapshot
-from .accuracy import Agreement, agreement
+from .accuracy import Agreement, stage_agreement
 from .cases import Case
 from .ceilings import ceilings
 from .plugin import Impl, Operator
 from .sweeps import Cell, Suite
-from .workload import Stage, make_callable, prepare_stage, reference_outputs
+from .trust import trust
+from .workload import Stage, make_callable, prepare_stage
 
 
 @dataclass(frozen=True)
@@ -92,16 +93,7 @@ def counts(op: Operator, stages: tuple[Case, ...], pass_: str) -> dict[str, Any]
 
 
 def _agreement(op: Operator, stages: list[Stage], pass_: str) -> Agreement:
-    results = []
-    for st in stages:
-        got, want = reference_outputs(op, st, pass_, st.case.seed() + 2)
-        tol = (op.tolerance if pass_ == "fwd" else op.bwd_tolerance)[st.case.dtype]
-        border = op.border_mask(st.case)
-        for a, b in zip(got, want, strict=True):
-            out_like = tuple(b.shape[-3:-1] if op.channels_last else b.shape[-2:]) == tuple(border.shape)
-            mask = border if out_like else torch.zeros(b.shape[-2:], dtype=torch.bool)
-            results.append(agreement(a, b, mask, tol, op.channels_last and out_like))
-    return Agreement.worst(results)
+    return Agreement.worst([stage_agreement(op, st, pass_)[0] for st in stages])
 
 
 def measure(cell: Cell, opts: Options) -> dict[str, Any]:
@@ -114,10 +106,13 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
         row["torch_threads"] = torch.get_num_threads()
         stages = [prepare_stage(op, impl, c) for c in cell.stages]
         if "accuracy" in opts.metrics:
-            a = _agreement(op, stages, case.pass_)
+            # trust checks (adversarial.py): inputs untouched, poisoned free memory, several input
+            # distributions (the row reports the worst), declared properties on a constant input
+            chk = adversarial.checked_agreement(op, impl, stages, case.pass_, stage_agreement)
+            a = chk.agreement
             row.update(err_max_abs=a.max_abs, err_rel_rms=a.rel_rms, err_max_rel=a.max_rel,
                        err_border_max_rel=a.border_max_rel, err_interior_max_rel=a.interior_max_rel,
-                       err_tol=a.tol, agree=a.ok)
+                       err_tol=a.tol, agree=a.ok, **chk.columns())
         fn: Callable[[], object] = make_callable(stages, case.pass_, cell.op, cell.impl)
         if "latency" in opts.metrics:
             before = throttle_snapshot(case.device)
@@ -128,6 +123,14 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
                        latency_inner=lat.inner, latency_stop=lat.stop,
                        latency_noise=lat.verdict(opts.stopping.target_rel_iqr), latency_mode=lat.mode,
                        latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
+        # trust checks (cuda_checks.py): what ran, work the CUDA events cannot see, energy per call
+        backend = cuda_checks.backend_of(stages[0].fn)
+        if backend:
+            row["backend"] = backend
+        if "latency" in opts.metrics and case.device == "cuda":
+            row.update(cuda_checks.cuda_trust_columns(fn))
+        if "energy" in opts.metrics:
+            row.update(cuda_checks.measure_energy(fn, case.device))
         if "memory" in opts.metrics:
             row["ideal_bytes"] = memory.result_bytes(fn())  # also the warm call: lazy caches are not the op's
             row["peak_mem_bytes"] = memory.peak(fn, case.device)
@@ -179,4 +182,6 @@ def run_cell(suite: Suite, cell: Cell, opts: Options) -> dict[str, Any]:
             row["pct_bw_roof"] = 100 * row["gbytes_per_s"] / roof["copy_GBps"]
         if opts.calibration:
             row["latency_norm"] = lat / opts.calibration["score_ms"]
+        row.update(floor.floor_columns(row, roof))  # speed of light: floor_ms, implausible verdict
+    row["trust"] = trust(row)
     return row
