@@ -191,8 +191,8 @@ def markdown(df: pd.DataFrame, base: str, new: str, normalise: bool) -> str:
              f"Times {'normalised by each run’s calibration workload' if normalise else 'raw'}; ratio = new / base "
              "median with a 95 % bootstrap interval; verdict by the interval against the threshold.", "",
              "Summary: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no rows"), ""]
-    order = {"IMPLAUSIBLE": 0, "FAILED": 0, "WRONG": 1, "SLOWER": 2, "AMBIGUOUS": 3, "FASTER": 4, "FIXED": 5, "ONLY_BASE": 6,
-             "ONLY_NEW": 7, "NO_TIMING": 8, "NOT_RUN": 9, "SAME": 10}
+    order = {"IMPLAUSIBLE": 0, "FAILED": 0, "WRONG": 1, "SLOWER": 2, "AMBIGUOUS": 3, "FASTER": 4, "FIXED": 5,
+             "ONLY_BASE": 6, "ONLY_NEW": 7, "NO_TIMING": 8, "NOT_RUN": 9, "SAME": 10}
     d = df.assign(_o=df["verdict"].map(order)).sort_values("_o", kind="stable") if not df.empty else df
     rows = []
     for _, r in d.iterrows():
