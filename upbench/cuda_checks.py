@@ -193,3 +193,48 @@ def _try(read: Callable[[], Any]) -> Any:  # pragma: no cover - GPU only
 def cuda_trust_columns(fn: Callable[[], object]) -> dict[str, Any]:  # pragma: no cover - GPU only
     """The timing-check column of a CUDA cell (called after its latency pass)."""
     return {"timing_check": timing_check(measure_paired(fn))}
+
+
+# -- GPU self-check (called by upbench.selfcheck; needs a GPU) -----------------------------------------------------
+def selfcheck_trust(device: str) -> list[tuple[str, bool, str]]:  # pragma: no cover - GPU only
+    """(name, ok, detail) for each trust check against planted CUDA behaviour; empty on the CPU."""
+    if device != "cuda":
+        return []
+    import torch
+
+    from .adversarial import poison_free_memory
+
+    out: list[tuple[str, bool, str]] = []
+    x = torch.randn(1 << 22, device="cuda")
+    other = torch.cuda.Stream()
+
+    def honest() -> object:
+        return x.sum()
+
+    def escaped() -> None:  # work on a second stream that the caller's stream never waits for
+        with torch.cuda.stream(other):
+            torch.cuda._sleep(500_000)
+
+    def legacy() -> None:  # work on the legacy default stream while the caller times its own stream
+        with torch.cuda.stream(torch.cuda.default_stream()):
+            torch.cuda._sleep(500_000)
+
+    def synced() -> float:  # a host sync inside the call
+        return float(x.sum().item())
+
+    for name, fn, want in (("honest call", honest, "ok"), ("work on another stream", escaped, "escaped-stream"),
+                           ("work on the legacy default stream", legacy, "escaped-stream"),
+                           ("host sync inside the call", synced, "host-sync")):
+        got = timing_check(measure_paired(fn))
+        out.append((f"timing_check: {name} → {want}", got.split(" ")[0] == want, got))
+    n = 1 << 20
+    poison_free_memory([n], "cuda", torch.float32)
+    fresh = torch.empty(n, device="cuda")
+    out.append(("poisoned caching-allocator block reaches the next torch.empty", bool(torch.isnan(fresh).any()),
+                f"{int(torch.isnan(fresh).sum())} NaN of {n}"))
+    a = torch.randn(2048, 2048, device="cuda")
+    e = measure_energy(lambda: a @ a, "cuda")
+    j = e.get("energy_j_per_call")
+    out.append(("energy per call of a 2048² matmul over ≥ 1 s", j is not None and 0 < j < 10,
+                ", ".join(f"{k}={v}" for k, v in e.items())))
+    return out
