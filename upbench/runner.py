@@ -123,10 +123,7 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
                        latency_inner=lat.inner, latency_stop=lat.stop,
                        latency_noise=lat.verdict(opts.stopping.target_rel_iqr), latency_mode=lat.mode,
                        latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
-        # trust checks (cuda_checks.py): what ran, work the CUDA events cannot see, energy per call
-        backend = cuda_checks.backend_of(stages[0].fn)
-        if backend:
-            row["backend"] = backend
+        # trust checks (cuda_checks.py): work the CUDA events cannot see, energy per call
         if "latency" in opts.metrics and case.device == "cuda":
             row.update(cuda_checks.cuda_trust_columns(fn))
         if "energy" in opts.metrics:
@@ -139,6 +136,9 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
                 row["vm_hwm_delta_bytes"] = memory.hwm_delta_cpu(fn)
         if "determinism" in opts.metrics:
             row["bitwise_repeatable"] = _same_bits(fn(), fn())
+        backend = cuda_checks.backend_of(stages[0].fn)  # after the calls: a fallback is chosen on the first
+        if backend:
+            row["backend"] = backend
     return row
 
 

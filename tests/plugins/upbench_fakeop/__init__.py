@@ -5,7 +5,8 @@
 ``crash`` raises, ``fwd-only`` has no backward, ``slow`` repeats the work a configurable number of times.
 Planted trust failures (upbench.adversarial): ``mutates-input`` scribbles on x after computing, ``cached``
 returns its first result forever, ``normal-only`` saturates at ±4 (right for normal inputs only),
-``assumes-zeroed`` accumulates into ``torch.empty`` memory as if it were zero.
+``assumes-zeroed`` accumulates into ``torch.empty`` memory as if it were zero; ``fallback`` reports the backend
+that ran.
 
 ``fake-nearest``: nearest upsampling declaring ``convex`` and ``exact_on_constant``; its ``const-wrong`` impl
 is wrong only on constant maps, and its ``mac_claim`` hyperparameter inflates the MAC count so an honest
@@ -102,6 +103,12 @@ def _assumes_zeroed(case: Case, m: nn.Module):
     return run
 
 
+def _fallback(case: Case, m: nn.Module):
+    run = _good(case, m)
+    run.upbench_backend = lambda: "torch (optional library missing)"  # what ran, decided at call time
+    return run
+
+
 class FakeScale(Operator):
     name = "fake-scale"
     description = "test plugin: nearest upsampling times a learned per-channel scale"
@@ -119,6 +126,7 @@ class FakeScale(Operator):
         Impl("cached", _cached, "returns its first result forever", backward=False),
         Impl("normal-only", _normal_only, "clamps x to ±4 first", backward=False),
         Impl("assumes-zeroed", _assumes_zeroed, "accumulates into torch.empty", backward=False),
+        Impl("fallback", _fallback, "the good impl, saying which backend ran", backward=False),
     )
 
     def module(self, case: Case) -> nn.Module:
