@@ -79,12 +79,12 @@ def poison_free_memory(sizes: list[int], device: str, dtype: torch.dtype) -> lis
 
     Returns guard tensors the caller keeps alive until after the call it protects. CPU: per size, three
     NaN blocks are allocated and the first two freed; the third (the guard) keeps them from merging into the
-    heap's top, which glibc would trim and hand back as zero pages. Measured here: the next ``torch.empty``
-    of the size is all NaN in 20 of 20 tries for 1 KiB–16 MiB (in fewer for blocks under ~1 KiB, which come
-    from per-size caches). Blocks above glibc's mmap threshold (at most 32 MiB) return from the system
-    zeroed and cannot be poisoned: best effort. CUDA: torch's caching allocator keeps freed blocks and hands
-    them out again by size, so one freed NaN block per size suffices (written for CUDA, checked by
-    ``cuda_checks.selfcheck_trust``).
+    heap's top, which glibc would trim and hand back as zero pages. Measured here in a fresh process: the next
+    ``torch.empty`` of the size is all NaN in 20 of 20 tries for 1 KiB–16 MiB (in fewer for blocks under
+    ~1 KiB, which come from per-size caches, and under a long-lived process's fragmented heap). Blocks
+    above glibc's mmap threshold (at most 32 MiB) return from the system zeroed and cannot be poisoned:
+    best effort. CUDA: torch's caching allocator keeps freed blocks and hands them out again by size, so
+    one freed NaN block per size suffices (written for CUDA, checked by ``cuda_checks.selfcheck_trust``).
     """
     nan = float("nan") if dtype.is_floating_point else 0
     guards = []

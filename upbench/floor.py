@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-CEILING_SLACK = 0.25  # a row must beat the floor by more than this (and its own IQR) to be implausible
+# A row must beat the floor by more than this (and its own IQR) to be implausible. The probed matmul is not
+# the hardware's peak: in the committed CPU latency report a oneDNN 3×3 conv (pixelshuffle) ran at 111 % of
+# it. Ceilings probed under load sit lower still (upbench.ceilings keeps the best probe; see its notes).
+CEILING_SLACK = 0.25
 DEFAULT_MAX_SPEEDUP = 100.0  # × over the reference impl; KernelBench-style "104×" wins deserve a look
 MAX_SPEEDUP: dict[str, float] = {}  # per-suite limits, by suite name
 
