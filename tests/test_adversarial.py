@@ -208,3 +208,13 @@ def test_checked_agreement_runs_every_distribution_and_reports_the_worst():
     bwd = adversarial.checked_agreement(op, op.impls[0], [prepare_stage(op, op.impls[0], case.with_(pass_="bwd"))],
                                         "bwd", stage_agreement)
     assert bwd.properties == ""  # properties are forward facts
+
+
+def test_report_of_results_made_before_the_trust_checks_says_so():
+    import pandas as pd
+
+    from upbench.report.trust import flagged
+
+    old = pd.DataFrame([{"suite": "s", "op": "bilinear", "impl": "torch", "H": 4, "status": "ok"}])
+    assert "carry no trust checks" in flagged(old)
+    assert "No row was flagged" in flagged(old.assign(trust="ok"))

@@ -62,6 +62,8 @@ def flagged(df: pd.DataFrame) -> str:
         detail = "; ".join(p for p in (_detail(s), extra.get(i, "")) if p)
         trust = ",".join(p for p in (t if bad else "", "speed-up" if i in extra else "") if p)
         out.append([r["suite"], r["op"], r["impl"], *(_axis_value(r.get(c)) for c in vary), trust, detail])
+    if not out and "trust" not in df:
+        return "These results carry no trust checks (recorded by an upbench before them)."
     if not out:
         return "No row was flagged: every check that ran passed."
     return tabulate(out, ["suite", "op", "impl", *vary, "trust", "why"], tablefmt="github", disable_numparse=True)
