@@ -38,6 +38,7 @@ CONSTANT = 1.5  # exactly representable in every dtype; not 0 or 1, which hide s
 # the maximum; the factor shrinks with the dtype's precision because logit rounding grows with magnitude and
 # a sharp softmax in half precision is ill-conditioned for every impl, not only a wrong one.
 LARGE: dict[str, float] = {"float64": 30.0, "float32": 10.0, "float16": 3.0, "bfloat16": 2.0}
+HALF = ("float16", "bfloat16")
 
 
 class ModifiedInput(RuntimeError):
@@ -200,6 +201,8 @@ def checked_agreement(op: Operator, impl: Impl, stages: list[Stage], pass_: str,
     for i, dist in enumerate(distributions):
         if dist == "constant" and pass_ != "fwd":
             continue  # gradients through a flat softmax cancel to ~0: relative errors would be meaningless
+        if dist == "large" and pass_ != "fwd" and stages[0].case.dtype in HALF:
+            continue  # saturated sigmoids/softmaxes: half-precision gradients of every impl miss by ~100 %
         for st, small, base in zip(stages, smalls, bases, strict=True):
             gen = torch.Generator().manual_seed(small.seed() + 101 + i)
             sti = _with_inputs(base, distribution_inputs(op, small, dist, gen))
