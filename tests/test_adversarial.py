@@ -10,7 +10,7 @@ import torch
 from upbench import adversarial, registry, results
 from upbench.accuracy import stage_agreement
 from upbench.cases import Case
-from upbench.workload import prepare_stage
+from upbench.prepare import prepare_stage
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 

@@ -4,7 +4,7 @@ from upbench import ceilings
 
 
 def test_ceilings_are_probed_once_and_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("UPBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path))
     calls = []
     monkeypatch.setattr(ceilings, "copy_gbps", lambda d, n: calls.append("copy") or 10.0)
     monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: calls.append("mm") or 100.0)

@@ -103,12 +103,13 @@ H = 16
 K = 3
 threads = 1  # one thread: no straggling worker thread when the machine is shared
 [[op]]
-name = "sapa"
-impls = ["lean"]
+name = "fake-scale"
+impls = ["slow"]
 """
 
 
-def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_path, monkeypatch):
+def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_path, monkeypatch, fake_plugin):
+    monkeypatch.setitem(fake_plugin.SLOW_FACTOR, "n", 10)  # the impl repeats its work 10 times
     suite = tmp_path / "g.toml"
     suite.write_text(GATE_SUITE)
     monkeypatch.chdir(tmp_path)
@@ -118,7 +119,7 @@ def test_real_cpu_runs_slowdown_fails_gate_and_unchanged_passes(run_cli, tmp_pat
         assert run_cli("run", "--suite", suite, "--out", f"again{i}", "--no-progress")[0] == 0
         code, out, _ = run_cli("compare", "baseline:g", f"again{i}", "--threshold", "0.15")
         assert code == 0, out
-    monkeypatch.setenv("UPBENCH_TEST_SLOWDOWN", "sapa:lean=1.3")
+    monkeypatch.setitem(fake_plugin.SLOW_FACTOR, "n", 13)  # the same impl, 30 % slower
     verdicts = []
     for i in range(3):  # as a user would on AMBIGUOUS: measure again; a shared VM has noisy minutes
         assert run_cli("run", "--suite", suite, "--out", f"slow{i}", "--no-progress")[0] == 0

@@ -48,3 +48,28 @@ def test_backend_that_ran():
     assert cc.backend_of(fn) == "torch-fallback"
     fn.upbench_backend = lambda: "cupy"
     assert cc.backend_of(fn) == "cupy"
+
+
+def test_trust_metrics_are_declared_in_run_order_and_energy_is_opt_in():
+    from upbench import sweeps
+    from upbench.metrics import METRICS
+
+    names = [m.name for m in METRICS]
+    assert names.index("latency") < names.index("timing_check") < names.index("memory")
+    assert names.index("determinism") < names.index("backend")  # after every call
+    assert names.index("roofline") < names.index("floor") and names[-1] == "trust"
+    raw = {"axes": {"C": 4, "H": 4}, "op": [{"name": "bilinear"}]}
+    assert "energy" not in sweeps.parse(raw, "t").metrics
+    assert "energy" in sweeps.parse({**raw, "suite": {"metrics": ["energy"]}}, "t").metrics
+
+
+def test_energy_on_the_cpu_is_recorded_as_missing_with_its_reason():
+    from upbench import runner, sweeps
+    from upbench.timing import Stopping
+
+    suite = sweeps.parse({"suite": {"metrics": ["energy"]}, "axes": {"C": 2, "H": 3},
+                          "op": [{"name": "bilinear"}]}, "t")
+    cell = sweeps.expand(suite)[0]
+    row = runner.run_cell(cell, runner.Options("t", suite.metrics, Stopping()))
+    assert row["status"] == "ok" and row["energy_reason"] == cc.energy_unavailable("cpu")
+    assert "energy_j_per_call" not in row and row["trust"] == "ok"

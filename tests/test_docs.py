@@ -1,12 +1,13 @@
 from pathlib import Path
 
-from upbench.metrics import markdown_table
+from upbench.metrics import markdown_table, metrics_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_results_doc_lists_every_column_as_declared():
-    assert markdown_table() in (ROOT / "docs" / "results.md").read_text()
+    doc = (ROOT / "docs" / "results.md").read_text()
+    assert markdown_table() in doc and metrics_table() in doc
 
 
 def test_readme_commands_are_what_ci_runs():

@@ -8,7 +8,7 @@ and interior pixels are reported separately: a border-rule bug hides in a global
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from .plugin import Operator
-    from .workload import Stage
+    from .prepare import Prepared, Stage
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,6 @@ class Agreement:
     interior_max_rel: float
     tol: float
     ok: bool
-
-    def as_dict(self) -> dict[str, float | bool]:
-        return asdict(self)
 
     @staticmethod
     def worst(items: list[Agreement]) -> Agreement:
@@ -66,7 +63,7 @@ def agreement(out: Tensor, ref: Tensor, border: Tensor, tol: float, channels_las
 
 def stage_agreement(op: Operator, st: Stage, pass_: str) -> tuple[Agreement, list[Tensor]]:
     """One stage's worst agreement over its outputs (or gradients), and the impl's results."""
-    from .workload import reference_outputs
+    from .prepare import reference_outputs
 
     got, want = reference_outputs(op, st, pass_, st.case.seed() + 2)
     tol = (op.tolerance if pass_ == "fwd" else op.bwd_tolerance)[st.case.dtype]
@@ -77,3 +74,19 @@ def stage_agreement(op: Operator, st: Stage, pass_: str) -> tuple[Agreement, lis
         mask = border if out_like else torch.zeros(b.shape[-2:], dtype=torch.bool)
         results.append(agreement(a, b, mask, tol, op.channels_last and out_like))
     return Agreement.worst(results), got
+
+
+def agreement_of(p: Prepared) -> Agreement:
+    """The worst agreement over a prepared cell's stages and outputs (or, for a backward pass, gradients),
+    on the case's own inputs only (the accuracy metric adds the trust checks: adversarial.py)."""
+    return Agreement.worst([stage_agreement(p.op, st, p.cell.case.pass_)[0] for st in p.stages])
+
+
+def same_bits(a: object, b: object) -> bool:
+    """Two results equal bit for bit (NaNs included): the determinism metric."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(
+            torch.equal(a.detach().contiguous().view(torch.uint8), b.detach().contiguous().view(torch.uint8)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b, strict=True))
+    return a is None and b is None

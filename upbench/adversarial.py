@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .accuracy import Agreement
+from .accuracy import Agreement, stage_agreement
 from .cases import Case
 from .plugin import Impl, Operator
+from .prepare import Prepared, Stage, prepare_stage
 from .properties import check_properties
-from .workload import Stage, prepare_stage
 
 # The extra input distributions, after the case's own seeded normal input ("normal" at full shape).
 DISTRIBUTIONS: tuple[str, ...] = ("seed2", "uniform", "heavy", "large", "constant")
@@ -216,3 +216,8 @@ def checked_agreement(op: Operator, impl: Impl, stages: list[Stage], pass_: str,
     declared = bool(op.properties) and pass_ == "fwd" and "constant" in distributions
     prop = ("failed: " + "; ".join(props)) if props else ("ok" if declared else "")
     return Checked(worst, label, prop)
+
+
+def checked_agreement_of(p: Prepared) -> Checked:
+    """The accuracy metric: :func:`checked_agreement` of a prepared cell against the float64 reference."""
+    return checked_agreement(p.op, p.impl, p.stages, p.cell.case.pass_, stage_agreement)

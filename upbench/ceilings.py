@@ -10,7 +10,6 @@ machine's state of the day when a baseline from a sibling machine is compared (`
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,9 @@ _PROBE = Stopping(budget_s=0.5, min_samples=5, target_rel_iqr=0.05, warmup_s=0.0
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("UPBENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "upbench")
-    return Path(root).expanduser()
+    from .env import cache_root
 
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    return cache_root()
 
 
 def copy_gbps(device: str, nbytes: int) -> float:
@@ -55,11 +50,9 @@ def _slug(text: str) -> str:
 
 
 def device_key(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    from .env import _cpu_model  # one reader of the CPU model
+    from .env import device_class  # one spelling of a device class
 
-    return f"{_cpu_model()} x{torch.get_num_threads()}threads"
+    return device_class(device)
 
 
 def ceilings(device: str, dtype: str = "float32") -> dict[str, Any]:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from .axes import REPORT_AXES, SETTING_AXES
 from .errors import UsageError
 from .results import device_classes, load_run
 
@@ -122,7 +123,7 @@ def _scale(meta: dict[str, Any], device: str, normalise: bool, where: str) -> fl
 
 
 def _label(r: pd.Series) -> str:
-    parts = [f"{k}={r[k]}" for k in ("B", "C", "Cy", "H", "W", "K", "s", "dtype", "device")
+    parts = [f"{k}={r[k]}" for k in REPORT_AXES if k != "pass" and k not in SETTING_AXES
              if k in r and r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
     if isinstance(r.get("stages"), str) and r["stages"]:
         parts.append(f"stages={r['stages']}")
@@ -168,8 +169,21 @@ def compare(base_path: str, new_path: str, thresholds: Thresholds, normalise: bo
             else:
                 rec["verdict"], rec["ratio"], rec["ci_lo"], rec["ci_hi"] = classify(sb, sn, t)
                 rec["base_ms"], rec["new_ms"] = float(np.median(sb)), float(np.median(sn))
+        changed = _code_changed(rb, rn)
+        if changed:
+            rec["note"] = "; ".join(filter(None, [rec.get("note"), changed]))
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def _code_changed(rb: pd.Series | None, rn: pd.Series | None) -> str | None:
+    """A note when the two sides ran different code for this impl (its source closure's hash differs)."""
+    if rb is None or rn is None:
+        return None
+    hb, hn = rb.get("impl_hash"), rn.get("impl_hash")
+    if isinstance(hb, str) and isinstance(hn, str) and hb != hn:
+        return f"code changed: impl_hash {hb} → {hn}"
+    return None
 
 
 def _truthy(v: Any) -> bool:

@@ -1,19 +1,32 @@
-"""Every results column, declared once: name (with its unit), unit, group, and how it is measured.
+"""Every results column and every metric, declared once.
 
-The runner fills rows with these names, results.py orders columns by this list, and docs/results.md is
-checked against it by the tests, so the three cannot drift apart.
+A :class:`Column` is a name (with its unit), a unit, the group that owns it and what it means. A
+:class:`Metric` is a group of columns with how they are measured and on which devices. The runner iterates
+:data:`METRICS` and refuses a key its metric did not declare; results.py orders columns by :data:`NAMES`;
+docs/results.md is checked against :func:`markdown_table` by the tests — so the four cannot drift apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .axes import SETTING_AXES
+from .axes import TABLE as AXIS_TABLE
+
+if TYPE_CHECKING:
+    from .prepare import Prepared
+    from .sweeps import Cell
+    from .timing import Stopping
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
     unit: str
-    group: str  # identity | status | latency | memory | counts | accuracy | trust
+    group: str  # identity | status (filled by the runner) | the name of the metric that measures it
     description: str
 
 
@@ -22,26 +35,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("cell_id", "", "identity", "stable hash of op, impl and every axis: the same on every machine and run"),
     Column("op", "", "identity", "operator name (entry point in `upbench.operators`)"),
     Column("impl", "", "identity", "implementation name"),
-    Column("pass", "", "identity", "`fwd` (inference, no autograd), `bwd` (backward only, graph built outside the "
-           "timer) or `fwd+bwd`"),
-    Column("B", "", "identity", "batch size"),
-    Column("C", "", "identity", "channels of x (model suites: of the first stage)"),
-    Column("Cy", "", "identity", "guidance / similarity channels; empty when the operator has none or Cy = C"),
-    Column("H", "", "identity", "low-res height"),
-    Column("W", "", "identity", "low-res width; empty means W = H"),
-    Column("s", "", "identity", "upsampling scale"),
-    Column("K", "", "identity", "kernel size; empty when the operator has none"),
-    Column("dtype", "", "identity", "input, parameter and output dtype"),
-    Column("device", "", "identity", "`cpu` or `cuda`"),
-    Column("layout", "", "identity", "memory layout of x and y"),
+    *(Column(a.name, "", "identity", a.description) for a in AXIS_TABLE if a.name not in SETTING_AXES),
     Column("device_class", "", "identity", "what timings are comparable within: the GPU's name, or the CPU "
            "model and torch thread count, of the machine that ran the row"),
-    Column("threads", "", "identity", "requested torch CPU threads (empty: torch's default)"),
+    *(Column(a.name, "", "identity", a.description) for a in AXIS_TABLE if a.name in SETTING_AXES),
     Column("hp", "", "identity", "operator hyperparameters as JSON"),
     Column("stages", "", "identity", "model suites: the stages run one after another, as CxHxW list"),
     Column("status", "", "status", "`ok`, `skipped`, `failed` or `oom`"),
     Column("reason", "", "status", "why a cell was skipped or failed (invalid, filtered, unsupported, the error)"),
-    Column("impl_hash", "", "status", "hash of the operator's and impl's source files (Python and .cu)"),
+    Column("impl_hash", "", "status", "hash of the impl's whole source closure: the operator's module, the impl's "
+           "module and every kernel source it compiles, and the impl's name"),
     Column("torch_threads", "", "status", "torch.get_num_threads() while the cell ran"),
     Column("latency_median_ms", "ms", "latency", "median per-call time over the samples"),
     Column("latency_iqr_ms", "ms", "latency", "inter-quartile range of the per-call sample times"),
@@ -73,11 +76,11 @@ COLUMNS: tuple[Column, ...] = (
            "backward formula"),
     Column("flops", "FLOP", "counts", "2 × macs"),
     Column("min_bytes", "B", "counts", "bytes an ideal forward must move: inputs read once, output written once"),
-    Column("gflops_per_s", "GFLOP/s", "counts", "flops / median latency"),
-    Column("gbytes_per_s", "GB/s", "counts", "min_bytes / median latency (forward passes only)"),
-    Column("pct_compute_roof", "%", "counts", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
-    Column("pct_bw_roof", "%", "counts", "gbytes_per_s / the device's probed copy bandwidth"),
-    Column("bitwise_repeatable", "", "accuracy", "two runs of the call gave bit-identical results (outputs or "
+    Column("gflops_per_s", "GFLOP/s", "roofline", "flops / median latency"),
+    Column("gbytes_per_s", "GB/s", "roofline", "min_bytes / median latency (forward passes only)"),
+    Column("pct_compute_roof", "%", "roofline", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
+    Column("pct_bw_roof", "%", "roofline", "gbytes_per_s / the device's probed copy bandwidth"),
+    Column("bitwise_repeatable", "", "determinism", "two runs of the call gave bit-identical results (outputs or "
            "gradients): the determinism metric"),
     Column("err_max_abs", "", "accuracy", "max |impl − float64 reference| (bwd: over every gradient)"),
     Column("err_rel_rms", "", "accuracy", "RMS(error) / RMS(reference)"),
@@ -86,37 +89,230 @@ COLUMNS: tuple[Column, ...] = (
     Column("err_interior_max_rel", "", "accuracy", "err_max_rel over interior pixels"),
     Column("err_tol", "", "accuracy", "the operator's tolerance for this dtype"),
     Column("agree", "", "accuracy", "err_max_rel ≤ err_tol"),
-    # -- trust checks (issue 13: adversarial.py, properties.py, floor.py, cuda_checks.py, trust.py) ---------------
-    Column("agree_worst_input", "", "trust", "the input that gave the worst agreement: `normal` (the case's own), "
-           "or `seed2`, `uniform`, `heavy` (Student t, 3 dof), `large` (×10 in fp32) or `constant`, run at a "
+    Column("agree_worst_input", "", "accuracy", "the input that gave the worst agreement: `normal` (the case's "
+           "own), or `seed2`, `uniform`, `heavy` (Student t, 3 dof), `large` (×10 in fp32) or `constant`, run at a "
            "reduced shape `@HxW` (H, W ≤ K + 4) when the case is larger"),
-    Column("property_check", "", "trust", "the operator's declared properties on a constant input (forward "
+    Column("property_check", "", "accuracy", "the operator's declared properties on a constant input (forward "
            "passes): `ok`, `failed: …` with what failed, empty when it declares none"),
-    Column("floor_ms", "ms", "trust", "speed of light: max(flops / matmul ceiling, min_bytes / copy ceiling); "
+    # -- trust checks (issue 13: adversarial.py, properties.py, floor.py, cuda_checks.py, trust.py) ---------------
+    Column("floor_ms", "ms", "floor", "speed of light: max(flops / matmul ceiling, min_bytes / copy ceiling); "
            "the bytes term in forward passes only"),
-    Column("latency_over_floor", "", "trust", "latency_median_ms / floor_ms; below 1 is impossible"),
-    Column("floor_verdict", "", "trust", "`implausible` when latency × (1 + 2·IQR/median) < floor × 0.75 "
+    Column("latency_over_floor", "", "floor", "latency_median_ms / floor_ms; below 1 is impossible"),
+    Column("floor_verdict", "", "floor", "`implausible` when latency × (1 + 2·IQR/median) < floor × 0.75 "
            "(beyond noise and ceiling slack), else `ok`"),
-    Column("timing_check", "", "trust", "CUDA: the same calls timed by CUDA events on a side stream and by "
+    Column("timing_check", "", "timing_check", "CUDA: the same calls timed by CUDA events on a side stream and by "
            "device-wide sync + host clock: `ok`, `escaped-stream` (work the events missed) or `host-sync` (the "
            "call waited for the GPU); empty on the CPU"),
-    Column("backend", "", "trust", "what actually ran, for an impl that can fall back (its callable's "
+    Column("backend", "", "backend", "what actually ran, for an impl that can fall back (its callable's "
            "`upbench_backend`); empty when the impl does not say"),
-    Column("energy_j_per_call", "J", "trust", "CUDA, metric `energy`: NVML total-energy counter over ≥ 1 s of "
+    Column("energy_j_per_call", "J", "energy", "CUDA, metric `energy`: NVML total-energy counter over ≥ 1 s of "
            "repeated calls, divided by the calls (device-wide: idle power included)"),
-    Column("energy_window_s", "s", "trust", "length of the energy window"),
-    Column("energy_calls", "", "trust", "calls in the energy window"),
-    Column("power_limit_w", "W", "trust", "NVML enforced power limit during the energy window"),
-    Column("energy_sm_clock_mhz", "MHz", "trust", "SM clock at the end of the energy window"),
-    Column("energy_mem_clock_mhz", "MHz", "trust", "memory clock at the end of the energy window"),
-    Column("clocks_locked", "", "trust", "clocks pinned by an application- or locked-clock setting"),
-    Column("energy_reason", "", "trust", "why energy is absent (the CPU, no NVML, no counter)"),
+    Column("energy_window_s", "s", "energy", "length of the energy window"),
+    Column("energy_calls", "", "energy", "calls in the energy window"),
+    Column("power_limit_w", "W", "energy", "NVML enforced power limit during the energy window"),
+    Column("energy_sm_clock_mhz", "MHz", "energy", "SM clock at the end of the energy window"),
+    Column("energy_mem_clock_mhz", "MHz", "energy", "memory clock at the end of the energy window"),
+    Column("clocks_locked", "", "energy", "clocks pinned by an application- or locked-clock setting"),
+    Column("energy_reason", "", "energy", "why energy is absent (the CPU, no NVML, no counter)"),
     Column("trust", "", "trust", "`ok`, or the failed checks: `modified-input`, `wrong` / `wrong@<input>`, "
            "`property`, `implausible`, `escaped-stream`, `host-sync` (the report adds `speed-up` flags)"),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
-BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+RUNNER_GROUPS = ("identity", "status")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a run measures, the same for every cell: picklable, so Ray tasks receive it whole."""
+
+    suite: str
+    metrics: frozenset[str]
+    stopping: Stopping
+    calibration: dict[str, float] | None = None  # this run's calibrate() result, with "score_ms"
+
+
+@dataclass
+class Context:
+    """What a metric's ``measure`` sees: the cell, the run's options, the row so far, the prepared cell."""
+
+    cell: Cell
+    options: Options
+    row: dict[str, Any]
+    prepared: Prepared | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its columns (those whose group is ``name``), how it is measured, where it applies.
+
+    ``selectable`` metrics are named in a suite's ``metrics`` (``opt_in`` ones are left out of a suite that
+    names none); the others always run when they apply. ``needs_run`` metrics run only on a cell that runs
+    (after :func:`upbench.prepare.prepare`). ``after_status`` metrics run last, on a row whose status is
+    known (ok, failed or oom; never a skipped one), and read only the row.
+    """
+
+    name: str
+    how: str
+    measure: Callable[[Context], dict[str, Any]]
+    selectable: bool = True
+    needs_run: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    requires: tuple[str, ...] = field(default=())  # keys of the row that must be present
+    opt_in: bool = False
+    after_status: bool = False
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in COLUMNS if c.group == self.name)
+
+    def applies(self, ctx: Context) -> bool:
+        return ((not self.selectable or self.name in ctx.options.metrics)
+                and ctx.cell.case.device in self.devices
+                and all(ctx.row.get(k) for k in self.requires))
+
+
+# -- how each metric is measured ------------------------------------------------------------------------------
+def _counts(ctx: Context) -> dict[str, Any]:
+    from . import registry
+
+    op, stages, pass_ = registry.get(ctx.cell.op), ctx.cell.stages, ctx.cell.case.pass_
+    fwd = sum(op.macs(c) for c in stages)
+    bwd = sum(op.bwd_macs(c) for c in stages)
+    macs = {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_]
+    return {"params": sum(op.params(c) for c in stages), "macs": macs, "flops": 2 * macs,
+            "min_bytes": sum(op.min_bytes(c) for c in stages)}
+
+
+def _accuracy(ctx: Context) -> dict[str, Any]:
+    from .adversarial import checked_agreement_of
+
+    # the trust checks around the comparison (adversarial.py): inputs untouched (else ModifiedInput fails the
+    # cell), poisoned free memory, several input distributions (the worst counts), properties on a constant
+    chk = checked_agreement_of(ctx.prepared)
+    a = chk.agreement
+    return {"err_max_abs": a.max_abs, "err_rel_rms": a.rel_rms, "err_max_rel": a.max_rel,
+            "err_border_max_rel": a.border_max_rel, "err_interior_max_rel": a.interior_max_rel,
+            "err_tol": a.tol, "agree": a.ok, **chk.columns()}
+
+
+def _latency(ctx: Context) -> dict[str, Any]:
+    from . import timing
+    from ._nvml import throttle_events, throttle_snapshot
+
+    device, st = ctx.cell.case.device, ctx.options.stopping
+    fn = ctx.prepared.fn
+    before = throttle_snapshot(device)
+    lat = timing.time_fn(fn, device, st)
+    out = throttle_events(before, throttle_snapshot(device))
+    out.update(latency_median_ms=lat.median * 1e3, latency_iqr_ms=lat.iqr * 1e3, latency_min_ms=lat.min * 1e3,
+               latency_rel_iqr=lat.rel_iqr, latency_n=len(lat.samples), latency_inner=lat.inner,
+               latency_stop=lat.stop, latency_noise=lat.verdict(st.target_rel_iqr), latency_mode=lat.mode,
+               latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
+    if ctx.options.calibration:
+        out["latency_norm"] = out["latency_median_ms"] / ctx.options.calibration["score_ms"]
+    return out
+
+
+def _timing_check(ctx: Context) -> dict[str, Any]:
+    from .cuda_checks import cuda_trust_columns
+
+    return cuda_trust_columns(ctx.prepared.fn)
+
+
+def _energy(ctx: Context) -> dict[str, Any]:
+    from .cuda_checks import measure_energy
+
+    return measure_energy(ctx.prepared.fn, ctx.cell.case.device)
+
+
+def _memory(ctx: Context) -> dict[str, Any]:
+    from . import memory
+
+    fn, device = ctx.prepared.fn, ctx.cell.case.device
+    out: dict[str, Any] = {"ideal_bytes": memory.result_bytes(fn())}  # also the warm call
+    out["peak_mem_bytes"] = memory.peak(fn, device)
+    out["peak_over_ideal"] = out["peak_mem_bytes"] / out["ideal_bytes"] if out["ideal_bytes"] else None
+    if device == "cpu":
+        out["vm_hwm_delta_bytes"] = memory.hwm_delta_cpu(fn)
+    return out
+
+
+def _determinism(ctx: Context) -> dict[str, Any]:
+    from .accuracy import same_bits
+
+    fn = ctx.prepared.fn
+    return {"bitwise_repeatable": same_bits(fn(), fn())}
+
+
+def _roofline(ctx: Context) -> dict[str, Any]:
+    from .ceilings import ceilings
+
+    case, row = ctx.cell.case, ctx.row
+    lat_s = row["latency_median_ms"] * 1e-3
+    roof = ceilings(case.device, case.dtype)
+    out = {"gflops_per_s": row["flops"] / lat_s / 1e9}
+    out["pct_compute_roof"] = 100 * out["gflops_per_s"] / roof["matmul_GFLOPs"]
+    if case.pass_ == "fwd":
+        out["gbytes_per_s"] = row["min_bytes"] / lat_s / 1e9
+        out["pct_bw_roof"] = 100 * out["gbytes_per_s"] / roof["copy_GBps"]
+    return out
+
+
+def _backend(ctx: Context) -> dict[str, Any]:
+    from .cuda_checks import backend_of
+
+    b = backend_of(ctx.prepared.stages[0].fn)  # after the calls: a fallback is chosen on the first
+    return {"backend": b} if b else {}
+
+
+def _floor(ctx: Context) -> dict[str, Any]:
+    from .ceilings import ceilings
+    from .floor import floor_columns
+
+    return floor_columns(ctx.row, ceilings(ctx.cell.case.device, ctx.cell.case.dtype))
+
+
+def _trust(ctx: Context) -> dict[str, Any]:
+    from .trust import trust
+
+    t = trust(ctx.row)
+    return {"trust": t} if t is not None else {}
+
+
+# In the order they run: counts for every row (skipped ones too); agreement before the callable is built;
+# each measured metric in its own pass; the backend once every call has run; the roofline and the
+# speed-of-light floor from what latency and counts left in the row; trust last, from the finished row.
+METRICS: tuple[Metric, ...] = (
+    Metric("counts", "the operator's analytic formulas, summed over stages", _counts, selectable=False,
+           needs_run=False),
+    Metric("accuracy", "impl vs the float64 reference on the same inputs and weights, then on extra input "
+           "distributions at a reduced shape, inputs checked untouched and free memory poisoned; declared "
+           "properties on a constant input", _accuracy),
+    Metric("latency", "median of timed samples (the stopping rule above); NVML throttle events on CUDA", _latency),
+    Metric("timing_check", "the same calls timed by CUDA events on a side stream and by device-wide sync; a call "
+           "queued behind a spin kernel", _timing_check, selectable=False, devices=("cuda",),
+           requires=("latency_median_ms",)),
+    Metric("energy", "NVML's energy counter over ≥ 1 s of repeated calls (opt-in: name it in a suite)", _energy,
+           opt_in=True),
+    Metric("memory", "the allocator's peak, in its own pass", _memory),
+    Metric("determinism", "two calls compared bit for bit", _determinism),
+    Metric("backend", "the impl's callable's `upbench_backend`, read after every call", _backend,
+           selectable=False),
+    Metric("roofline", "counts / median latency over the device's probed ceilings", _roofline,
+           selectable=False, requires=("latency_median_ms",)),
+    Metric("floor", "max(flops / matmul ceiling, min_bytes / copy ceiling) against the median latency", _floor,
+           selectable=False, requires=("latency_median_ms",)),
+    Metric("trust", "the failed checks of the finished row (status, agreement, properties, floor, timing)",
+           _trust, selectable=False, needs_run=False, after_status=True),
+)
+SELECTABLE: tuple[str, ...] = tuple(m.name for m in METRICS if m.selectable)
+DEFAULT: tuple[str, ...] = tuple(m.name for m in METRICS if m.selectable and not m.opt_in)
+
+
+def metric(name: str) -> Metric:
+    """The declaration of metric ``name`` (for callers outside the runner: the pytest-benchmark plugin)."""
+    return next(m for m in METRICS if m.name == name)
 
 
 def markdown_table() -> str:
@@ -126,5 +322,16 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def metrics_table() -> str:
+    """The metric reference of docs/results.md: each declared metric, when it runs, how it is measured."""
+    lines = ["| metric | runs | devices | how | columns |", "|---|---|---|---|---|"]
+    for m in METRICS:
+        runs = ("when the suite lists it" if m.selectable else "last, on every row that ran" if m.after_status
+                else "always" if not m.requires else "after latency")
+        cols = ", ".join(f"`{c.name}`" for c in m.columns)
+        lines.append(f"| {m.name} | {runs} | {', '.join(m.devices)} | {m.how} | {cols} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    print(metrics_table() + "\n\n" + markdown_table())

@@ -31,7 +31,7 @@ def combine(runs: list[Run]) -> pd.DataFrame:
     frames = []
     for name, df, meta in runs:
         env = meta.get("env", {})
-        cls = {d: device_class(env, d) for d in df["device"].dropna().unique()}
+        cls = {d: device_class(d, env) for d in df["device"].dropna().unique()}
         prefix = f"{name}: " if len(runs) > 1 else ""
         per_row = df["device_class"] if "device_class" in df else pd.Series([None] * len(df))
         frames.append(df.assign(run=[f"{prefix}{rc if isinstance(rc, str) else cls.get(d, '?')}"
@@ -69,6 +69,7 @@ def render(runs: list[Run], out: Path) -> str:
     metas = {name: meta for name, _, meta in runs}
     kinds = {m.get("suite", {}).get("name"): m.get("suite", {}).get("kind", "sweep") for m in metas.values()}
     descs = {m.get("suite", {}).get("name"): m.get("suite", {}).get("description", "") for m in metas.values()}
+    baselines = {m.get("suite", {}).get("name"): m.get("suite", {}).get("baseline") for m in metas.values()}
     ceilings = {k: v for m in metas.values() for k, v in (m.get("ceilings") or {}).items()}
     suites = list(dict.fromkeys(df["suite"]))
     title = ", ".join(f"`{s}`" for s in suites)
@@ -84,7 +85,7 @@ def render(runs: list[Run], out: Path) -> str:
             out_lines += [descs[suite], ""]
         if kinds.get(suite) == "model" and not ok_all.empty:
             out_lines += ["### Overhead over the model's upsampling stages", "",
-                          paper_table(ok_all[ok_all["pass"] == "fwd"]), ""]
+                          paper_table(ok_all[ok_all["pass"] == "fwd"], baselines.get(suite)), ""]
         for op in dict.fromkeys(sdf["op"]):
             ok = ok_all[ok_all["op"] == op]
             out_lines += [f"### {op}", ""]
@@ -112,3 +113,17 @@ def render(runs: list[Run], out: Path) -> str:
                       f"{_fmt(meta.get('elapsed_s'), '.1f')} s.", "", env_table(meta), ""]
     out_lines += ["## Reproduce", "", "```", *[m.get("command", "?") for m in metas.values()], "```", ""]
     return "\n".join(out_lines)
+
+
+def write_report(paths: list[Path], out: Path | None) -> Path:
+    """Render the runs at ``paths`` into ``out`` (default: the one run's report.md); returns the path."""
+    from ..errors import UsageError
+    from ..results import atomic_write, load_run
+
+    runs = [((p if p.is_dir() else p.parent).name, *load_run(p)) for p in paths]
+    if out is None:
+        if len(paths) > 1:
+            raise UsageError("report", "several runs make one report", "give --out FILE.md")
+        out = (paths[0] if paths[0].is_dir() else paths[0].parent) / "report.md"
+    atomic_write(out, render(runs, out))
+    return out

@@ -2,7 +2,8 @@
 
 ``fake-scale``: nearest upsampling times a learned per-channel scale. Its impls exercise the harness:
 ``good`` is correct, ``border-bug`` is wrong on border pixels only, ``wrong`` is off everywhere,
-``crash`` raises, ``fwd-only`` has no backward, ``slow`` repeats the work a configurable number of times.
+``crash`` raises, ``fwd-only`` has no backward, ``slow`` repeats the work a configurable number of times,
+``kernel`` is ``good`` declaring a kernel source file (``scale.cu``, never compiled) for the provenance tests.
 Planted trust failures (upbench.adversarial): ``mutates-input`` scribbles on x after computing, ``cached``
 returns its first result forever, ``normal-only`` saturates at ±4 (right for normal inputs only),
 ``assumes-zeroed`` accumulates into ``torch.empty`` memory as if it were zero; ``fallback`` reports the backend
@@ -15,12 +16,15 @@ impl's latency falls below the speed-of-light floor.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
 from upbench import Case, HyperParam, Impl, Operator
 
 SLOW_FACTOR = {"n": 3}
+KERNEL = Path(__file__).with_name("scale.cu")
 
 
 def _good(case: Case, m: nn.Module):
@@ -122,6 +126,7 @@ class FakeScale(Operator):
         Impl("fwd-only", _good, "no backward", backward=False),
         Impl("slow", _slow, "the good impl, SLOW_FACTOR times"),
         Impl("nondeterministic", _nondeterministic, "last-bit noise", deterministic=False),
+        Impl("kernel", _good, "the good impl, declaring a kernel source", sources=(str(KERNEL),)),
         Impl("mutates-input", _mutates_input, "halves x after computing", backward=False),
         Impl("cached", _cached, "returns its first result forever", backward=False),
         Impl("normal-only", _normal_only, "clamps x to ±4 first", backward=False),
