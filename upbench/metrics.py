@@ -94,6 +94,8 @@ COLUMNS: tuple[Column, ...] = (
            "reduced shape `@HxW` (H, W ≤ K + 4) when the case is larger"),
     Column("property_check", "", "accuracy", "the operator's declared properties on a constant input (forward "
            "passes): `ok`, `failed: …` with what failed, empty when it declares none"),
+    Column("agree_expected", "", "status", "the suite's `[[expect]]` reason when this row's disagreement is "
+           "declared expected (such a row does not make the run exit 1)"),
     # -- trust checks (issue 13: adversarial.py, properties.py, floor.py, cuda_checks.py, trust.py) ---------------
     Column("floor_ms", "ms", "floor", "speed of light: max(flops / matmul ceiling, min_bytes / copy ceiling); "
            "the bytes term in forward passes only"),
