@@ -56,6 +56,7 @@ class A2UModule(nn.Module):
 
 class A2U(Operator):
     name = "a2u"
+    properties = ("convex",)  # softmax-weighted reassembly; zero-padded border slots keep weight
     description = ("A2U: channel-shared k=6 dynamic filters on y, GN32 + LeakyReLU, rank-1 affinity × pooled "
                    "point-wise weights → softmax(sigmoid) s_u=3 kernels reassembling x; no downsampling branch")
     guided = True

@@ -136,6 +136,7 @@ class AnyUp(VfmOperator):
     name = "anyup"
     description = ("AnyUp: JAFAR-style encoders with a channel-count-independent feature unification; "
                    "head-averaged attention weights × raw features within a window (window_ratio)")
+    properties = ("convex", "exact_on_constant")  # head-averaged softmax weights × raw features in a window
     hyperparams = (PATCH, HyperParam("qk_dim", 128, "query/key width"),
                    HyperParam("heads", 4, "attention heads"),
                    HyperParam("k_lfu", 5, "basis filter size of the feature unification"),

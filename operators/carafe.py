@@ -39,6 +39,7 @@ class CarafeModule(nn.Module):
 
 class Carafe(Operator):
     name = "carafe"
+    properties = ("convex",)  # softmax-weighted reassembly; zero-padded border slots keep weight
     description = ("CARAFE: Conv1×1 C→Cm compressor, k_enc×k_enc content encoder to G·K²·s², pixel shuffle, "
                    "softmax over K², reassembly of x; guidance-free")
     hyperparams = (

@@ -100,6 +100,7 @@ def _grid_sample(case: Case, module: nn.Module | None):
 
 class DySample(Operator):
     name = "dysample"
+    properties = ("convex", "exact_on_constant")  # bilinear sampling with border padding
     description = ("DySample: Conv1×1 offsets (style lp or pl, static 0.25 or dynamic 0.5·σ scope) + static "
                    "sub-pixel positions, one bilinear grid_sample per group (G=4, border padding)")
     uses_K = False

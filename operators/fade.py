@@ -54,6 +54,7 @@ class FadeModule(nn.Module):
 
 class Fade(Operator):
     name = "fade"
+    properties = ("convex",)  # when x and y are one constant: g·y + (1−g)·reassembled; borders exempt
     description = ("FADE: semi-shift kernel generator (Conv1×1 en on y + Conv1×1 de on x, shared 3×3 encoder, "
                    "embedding 64), softmax over K², reassembly of x, gate σ(Conv1×1(x)) blending y; Cy = C")
     guided = True

@@ -70,6 +70,7 @@ def _broadcast(case: Case, module: nn.Module | None):
 
 class IndexNet(Operator):
     name = "indexnet"
+    properties = ()  # D ⊙ nearest(x) with sigmoid D: the weights do not sum to 1, no constant-map fact
     description = ("IndexNet decoder index: index block on y (stride 2; default holistic, nonlinear, context "
                    "4×4 kernels; BN in eval mode), D = sigmoid → pixel shuffle, out = D ⊙ nearest(x); s = 2 only")
     guided = True

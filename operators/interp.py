@@ -41,6 +41,7 @@ def _bilinear_reference(x: Tensor, s: int) -> Tensor:
 
 class Nearest(Operator):
     name = "nearest"
+    properties = ("convex", "exact_on_constant")  # checked on a constant map (upbench.properties)
     description = "nearest-neighbour upsampling (F.interpolate); no parameters, 0 MACs"
     uses_K = False
     impls = (Impl("torch", _interp("nearest"), "F.interpolate(mode='nearest')"),)
@@ -58,6 +59,7 @@ class Nearest(Operator):
 
 class Bilinear(Operator):
     name = "bilinear"
+    properties = ("convex", "exact_on_constant")  # taps sum to 1, clamped at the borders
     description = "bilinear upsampling, align_corners=False; no parameters, 4 MACs per output element"
     uses_K = False
     impls = (Impl("torch", _interp("bilinear"), "F.interpolate(mode='bilinear', align_corners=False)"),)

@@ -113,6 +113,7 @@ class Jafar(VfmOperator):
     name = "jafar"
     description = ("JAFAR: image encoder + RoPE; queries pooled to the output, keys pooled to low res and "
                    "SFT-modulated by the features; head-averaged attention weights × raw features (global)")
+    properties = ("convex", "exact_on_constant")  # head-averaged softmax weights × raw features
     hyperparams = (PATCH, HyperParam("qk_dim", 128, "query/key width"),
                    HyperParam("heads", 4, "attention heads"),
                    HyperParam("k_img", 1, "kernel size of the image encoder's first conv", (1, 3)))

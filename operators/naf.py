@@ -155,6 +155,7 @@ class Naf(VfmOperator):
     name = "naf"
     description = ("NAF: image-only encoder with RoPE; dilated neighbourhood attention (kernel 9, dilation s) "
                    "from output-size queries to pooled keys; values = raw features split over heads")
+    properties = ("convex", "exact_on_constant")  # per-head softmax over the raw features' channel blocks
     hyperparams = (PATCH, HyperParam("dim", 256, "encoder / query-key width"),
                    HyperParam("heads", 4, "attention heads (C must divide)"),
                    HyperParam("kernel", 9, "neighbourhood size (odd; h, w ≥ kernel)"))

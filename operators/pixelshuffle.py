@@ -53,6 +53,7 @@ def _module_call(case: Case, module: nn.Module | None):
 
 
 class _ConvUpsampler(Operator):
+    properties = ()  # learned convolutions with bias: no constant-map fact
     uses_K = False
     impls = (Impl("torch", _module_call, "torch conv layers"),)
 

@@ -127,6 +127,7 @@ def _core_case(case: Case) -> Case:
 
 class _Sapa(Operator):
     variant = "b"
+    properties = ("convex",)  # softmax-weighted raw x; zero-padded border slots keep weight
     guided = True
     impls = _core_impls()
     model_impls = ("cupy-fused", "cupy", "cpu-kernel", "lean", "unfold")

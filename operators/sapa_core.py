@@ -139,6 +139,7 @@ def _compiler_missing(device: str) -> str | None:
 
 class SapaCore(Operator):
     name = "sapa"
+    properties = ("convex",)  # softmax weights; zero-padded border slots keep weight: borders exempt
     description = "SAPA core op on given q, k, v (channels-last): sim → softmax over K² → atn; d = Cy"
     uses_Cy = True
     channels_last = True

@@ -130,6 +130,7 @@ class Uplift(VfmOperator):
     name = "uplift"
     description = ("UPLiFT: image encoder at full resolution (shared), iterated 2× conv decoder whose guide "
                    "drives a 17-offset local attender over the current map (convex)")
+    properties = ("convex", "exact_on_constant")  # each 2× step: a softmax over 17 neighbours of the current map
     hyperparams = (PATCH,)
     pow2_scale = True
     impls = (

@@ -23,5 +23,6 @@ def test_suite_cells_run_as_pytest_benchmarks(tmp_path):
     assert len(benches) == 2
     info = {b["extra_info"]["op"]: b["extra_info"] for b in benches}
     assert info["sapa"]["macs"] == 8 * 8 * 9 * (4 + 4) and info["sapa"]["agree"] is True
+    assert info["sapa"]["agree_worst_input"] and info["bilinear"]["property_check"] == "ok"  # the trust checks
     assert info["bilinear"]["flops"] == 2 * 4 * 4 * 8 * 8
     assert list((tmp_path / "storage").rglob("*.json"))  # --benchmark-autosave wrote its file

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .prepare import Prepared
+    from .plugin import Operator
+    from .prepare import Prepared, Stage
 
 
 @dataclass(frozen=True)
@@ -60,21 +61,25 @@ def agreement(out: Tensor, ref: Tensor, border: Tensor, tol: float, channels_las
                      tol, ok)
 
 
-def agreement_of(p: Prepared) -> Agreement:
-    """The worst agreement over a prepared cell's stages and outputs (or, for a backward pass, gradients)."""
+def stage_agreement(op: Operator, st: Stage, pass_: str) -> tuple[Agreement, list[Tensor]]:
+    """One stage's worst agreement over its outputs (or gradients), and the impl's results."""
     from .prepare import reference_outputs
 
-    op, pass_ = p.op, p.cell.case.pass_
+    got, want = reference_outputs(op, st, pass_, st.case.seed() + 2)
+    tol = (op.tolerance if pass_ == "fwd" else op.bwd_tolerance)[st.case.dtype]
+    border = op.border_mask(st.case)
     results = []
-    for st in p.stages:
-        got, want = reference_outputs(op, st, pass_, st.case.seed() + 2)
-        tol = (op.tolerance if pass_ == "fwd" else op.bwd_tolerance)[st.case.dtype]
-        border = op.border_mask(st.case)
-        for a, b in zip(got, want, strict=True):
-            out_like = tuple(b.shape[-3:-1] if op.channels_last else b.shape[-2:]) == tuple(border.shape)
-            mask = border if out_like else torch.zeros(b.shape[-2:], dtype=torch.bool)
-            results.append(agreement(a, b, mask, tol, op.channels_last and out_like))
-    return Agreement.worst(results)
+    for a, b in zip(got, want, strict=True):
+        out_like = tuple(b.shape[-3:-1] if op.channels_last else b.shape[-2:]) == tuple(border.shape)
+        mask = border if out_like else torch.zeros(b.shape[-2:], dtype=torch.bool)
+        results.append(agreement(a, b, mask, tol, op.channels_last and out_like))
+    return Agreement.worst(results), got
+
+
+def agreement_of(p: Prepared) -> Agreement:
+    """The worst agreement over a prepared cell's stages and outputs (or, for a backward pass, gradients),
+    on the case's own inputs only (the accuracy metric adds the trust checks: adversarial.py)."""
+    return Agreement.worst([stage_agreement(p.op, st, p.cell.case.pass_)[0] for st in p.stages])
 
 
 def same_bits(a: object, b: object) -> bool:

@@ -11,7 +11,8 @@ combines it with the minimum effect size t (threshold):
 
 Besides timing: FAILED (ok in BASE, failed or oom in NEW), WRONG (agreed with the reference in BASE, not in
 NEW), FIXED (the reverse of FAILED), and rows present on one side only, which are listed, never dropped.
-Exit: 0 nothing slower; 1 a SLOWER, FAILED or WRONG row; 3 only AMBIGUOUS rows stand in the way under
+IMPLAUSIBLE: NEW ran faster than its speed-of-light floor (``floor_verdict``); never reported as FASTER.
+Exit: 0 nothing slower; 1 a SLOWER, FAILED, WRONG or IMPLAUSIBLE row; 3 only AMBIGUOUS rows stand in the way under
 ``--strict``; 2 usage or input error.
 """
 
@@ -33,7 +34,7 @@ from .axes import REPORT_AXES, SETTING_AXES
 from .errors import UsageError
 from .results import device_classes, load_run
 
-BAD = ("SLOWER", "FAILED", "WRONG")
+BAD = ("SLOWER", "FAILED", "WRONG", "IMPLAUSIBLE")
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,9 @@ def compare(base_path: str, new_path: str, thresholds: Thresholds, normalise: bo
         elif _truthy(rb.get("agree")) and rn.get("agree") is not None and not _truthy(rn.get("agree")):
             rec["verdict"] = "WRONG"
             rec["note"] = f"err_max_rel {rn['err_max_rel']:.2e} > tol {rn['err_tol']:.1e}"
+        elif rn.get("floor_verdict") == "implausible":  # faster than the hardware allows: not a speed-up
+            rec["verdict"] = "IMPLAUSIBLE"
+            rec["note"] = f"latency {rn.get('latency_over_floor', float('nan')):.2g} × the floor"
         else:
             sb = _samples(rb, _scale(bmeta, rb["device"], normalise, "BASE"))
             sn = _samples(rn, _scale(nmeta, rn["device"], normalise, "NEW"))
@@ -201,8 +205,8 @@ def markdown(df: pd.DataFrame, base: str, new: str, normalise: bool) -> str:
              f"Times {'normalised by each run’s calibration workload' if normalise else 'raw'}; ratio = new / base "
              "median with a 95 % bootstrap interval; verdict by the interval against the threshold.", "",
              "Summary: " + (", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no rows"), ""]
-    order = {"FAILED": 0, "WRONG": 1, "SLOWER": 2, "AMBIGUOUS": 3, "FASTER": 4, "FIXED": 5, "ONLY_BASE": 6,
-             "ONLY_NEW": 7, "NO_TIMING": 8, "NOT_RUN": 9, "SAME": 10}
+    order = {"IMPLAUSIBLE": 0, "FAILED": 0, "WRONG": 1, "SLOWER": 2, "AMBIGUOUS": 3, "FASTER": 4, "FIXED": 5,
+             "ONLY_BASE": 6, "ONLY_NEW": 7, "NO_TIMING": 8, "NOT_RUN": 9, "SAME": 10}
     d = df.assign(_o=df["verdict"].map(order)).sort_values("_o", kind="stable") if not df.empty else df
     rows = []
     for _, r in d.iterrows():

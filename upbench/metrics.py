@@ -89,8 +89,35 @@ COLUMNS: tuple[Column, ...] = (
     Column("err_interior_max_rel", "", "accuracy", "err_max_rel over interior pixels"),
     Column("err_tol", "", "accuracy", "the operator's tolerance for this dtype"),
     Column("agree", "", "accuracy", "err_max_rel ≤ err_tol"),
+    Column("agree_worst_input", "", "accuracy", "the input that gave the worst agreement: `normal` (the case's "
+           "own), or `seed2`, `uniform`, `heavy` (Student t, 3 dof), `large` (×10 in fp32) or `constant`, run at a "
+           "reduced shape `@HxW` (H, W ≤ K + 4) when the case is larger"),
+    Column("property_check", "", "accuracy", "the operator's declared properties on a constant input (forward "
+           "passes): `ok`, `failed: …` with what failed, empty when it declares none"),
     Column("agree_expected", "", "status", "the suite's `[[expect]]` reason when this row's disagreement is "
            "declared expected (such a row does not make the run exit 1)"),
+    # -- trust checks (issue 13: adversarial.py, properties.py, floor.py, cuda_checks.py, trust.py) ---------------
+    Column("floor_ms", "ms", "floor", "speed of light: max(flops / matmul ceiling, min_bytes / copy ceiling); "
+           "the bytes term in forward passes only"),
+    Column("latency_over_floor", "", "floor", "latency_median_ms / floor_ms; below 1 is impossible"),
+    Column("floor_verdict", "", "floor", "`implausible` when latency × (1 + 2·IQR/median) < floor × 0.75 "
+           "(beyond noise and ceiling slack), else `ok`"),
+    Column("timing_check", "", "timing_check", "CUDA: the same calls timed by CUDA events on a side stream and by "
+           "device-wide sync + host clock: `ok`, `escaped-stream` (work the events missed) or `host-sync` (the "
+           "call waited for the GPU); empty on the CPU"),
+    Column("backend", "", "backend", "what actually ran, for an impl that can fall back (its callable's "
+           "`upbench_backend`); empty when the impl does not say"),
+    Column("energy_j_per_call", "J", "energy", "CUDA, metric `energy`: NVML total-energy counter over ≥ 1 s of "
+           "repeated calls, divided by the calls (device-wide: idle power included)"),
+    Column("energy_window_s", "s", "energy", "length of the energy window"),
+    Column("energy_calls", "", "energy", "calls in the energy window"),
+    Column("power_limit_w", "W", "energy", "NVML enforced power limit during the energy window"),
+    Column("energy_sm_clock_mhz", "MHz", "energy", "SM clock at the end of the energy window"),
+    Column("energy_mem_clock_mhz", "MHz", "energy", "memory clock at the end of the energy window"),
+    Column("clocks_locked", "", "energy", "clocks pinned by an application- or locked-clock setting"),
+    Column("energy_reason", "", "energy", "why energy is absent (the CPU, no NVML, no counter)"),
+    Column("trust", "", "trust", "`ok`, or the failed checks: `modified-input`, `wrong` / `wrong@<input>`, "
+           "`property`, `implausible`, `escaped-stream`, `host-sync` (the report adds `speed-up` flags)"),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
@@ -121,8 +148,10 @@ class Context:
 class Metric:
     """One metric: its columns (those whose group is ``name``), how it is measured, where it applies.
 
-    ``selectable`` metrics are named in a suite's ``metrics``; the others always run when they apply.
-    ``needs_run`` metrics run only on a cell that runs (after :func:`upbench.prepare.prepare`).
+    ``selectable`` metrics are named in a suite's ``metrics`` (``opt_in`` ones are left out of a suite that
+    names none); the others always run when they apply. ``needs_run`` metrics run only on a cell that runs
+    (after :func:`upbench.prepare.prepare`). ``after_status`` metrics run last, on a row whose status is
+    known (ok, failed or oom; never a skipped one), and read only the row.
     """
 
     name: str
@@ -132,6 +161,8 @@ class Metric:
     needs_run: bool = True
     devices: tuple[str, ...] = ("cpu", "cuda")
     requires: tuple[str, ...] = field(default=())  # keys of the row that must be present
+    opt_in: bool = False
+    after_status: bool = False
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -156,12 +187,15 @@ def _counts(ctx: Context) -> dict[str, Any]:
 
 
 def _accuracy(ctx: Context) -> dict[str, Any]:
-    from .accuracy import agreement_of
+    from .adversarial import checked_agreement_of
 
-    a = agreement_of(ctx.prepared)
+    # the trust checks around the comparison (adversarial.py): inputs untouched (else ModifiedInput fails the
+    # cell), poisoned free memory, several input distributions (the worst counts), properties on a constant
+    chk = checked_agreement_of(ctx.prepared)
+    a = chk.agreement
     return {"err_max_abs": a.max_abs, "err_rel_rms": a.rel_rms, "err_max_rel": a.max_rel,
             "err_border_max_rel": a.border_max_rel, "err_interior_max_rel": a.interior_max_rel,
-            "err_tol": a.tol, "agree": a.ok}
+            "err_tol": a.tol, "agree": a.ok, **chk.columns()}
 
 
 def _latency(ctx: Context) -> dict[str, Any]:
@@ -180,6 +214,18 @@ def _latency(ctx: Context) -> dict[str, Any]:
     if ctx.options.calibration:
         out["latency_norm"] = out["latency_median_ms"] / ctx.options.calibration["score_ms"]
     return out
+
+
+def _timing_check(ctx: Context) -> dict[str, Any]:
+    from .cuda_checks import cuda_trust_columns
+
+    return cuda_trust_columns(ctx.prepared.fn)
+
+
+def _energy(ctx: Context) -> dict[str, Any]:
+    from .cuda_checks import measure_energy
+
+    return measure_energy(ctx.prepared.fn, ctx.cell.case.device)
 
 
 def _memory(ctx: Context) -> dict[str, Any]:
@@ -215,19 +261,55 @@ def _roofline(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _backend(ctx: Context) -> dict[str, Any]:
+    from .cuda_checks import backend_of
+
+    b = backend_of(ctx.prepared.stages[0].fn)  # after the calls: a fallback is chosen on the first
+    return {"backend": b} if b else {}
+
+
+def _floor(ctx: Context) -> dict[str, Any]:
+    from .ceilings import ceilings
+    from .floor import floor_columns
+
+    return floor_columns(ctx.row, ceilings(ctx.cell.case.device, ctx.cell.case.dtype))
+
+
+def _trust(ctx: Context) -> dict[str, Any]:
+    from .trust import trust
+
+    t = trust(ctx.row)
+    return {"trust": t} if t is not None else {}
+
+
 # In the order they run: counts for every row (skipped ones too); agreement before the callable is built;
-# each measured metric in its own pass; the roofline from what latency and counts left in the row.
+# each measured metric in its own pass; the backend once every call has run; the roofline and the
+# speed-of-light floor from what latency and counts left in the row; trust last, from the finished row.
 METRICS: tuple[Metric, ...] = (
     Metric("counts", "the operator's analytic formulas, summed over stages", _counts, selectable=False,
            needs_run=False),
-    Metric("accuracy", "impl vs the float64 reference on the same inputs and weights", _accuracy),
+    Metric("accuracy", "impl vs the float64 reference on the same inputs and weights, then on extra input "
+           "distributions at a reduced shape, inputs checked untouched and free memory poisoned; declared "
+           "properties on a constant input", _accuracy),
     Metric("latency", "median of timed samples (the stopping rule above); NVML throttle events on CUDA", _latency),
+    Metric("timing_check", "the same calls timed by CUDA events on a side stream and by device-wide sync; a call "
+           "queued behind a spin kernel", _timing_check, selectable=False, devices=("cuda",),
+           requires=("latency_median_ms",)),
+    Metric("energy", "NVML's energy counter over ≥ 1 s of repeated calls (opt-in: name it in a suite)", _energy,
+           opt_in=True),
     Metric("memory", "the allocator's peak, in its own pass", _memory),
     Metric("determinism", "two calls compared bit for bit", _determinism),
+    Metric("backend", "the impl's callable's `upbench_backend`, read after every call", _backend,
+           selectable=False),
     Metric("roofline", "counts / median latency over the device's probed ceilings", _roofline,
            selectable=False, requires=("latency_median_ms",)),
+    Metric("floor", "max(flops / matmul ceiling, min_bytes / copy ceiling) against the median latency", _floor,
+           selectable=False, requires=("latency_median_ms",)),
+    Metric("trust", "the failed checks of the finished row (status, agreement, properties, floor, timing)",
+           _trust, selectable=False, needs_run=False, after_status=True),
 )
 SELECTABLE: tuple[str, ...] = tuple(m.name for m in METRICS if m.selectable)
+DEFAULT: tuple[str, ...] = tuple(m.name for m in METRICS if m.selectable and not m.opt_in)
 
 
 def metric(name: str) -> Metric:
@@ -246,7 +328,8 @@ def metrics_table() -> str:
     """The metric reference of docs/results.md: each declared metric, when it runs, how it is measured."""
     lines = ["| metric | runs | devices | how | columns |", "|---|---|---|---|---|"]
     for m in METRICS:
-        runs = "when the suite lists it" if m.selectable else "always" if not m.requires else "after latency"
+        runs = ("when the suite lists it" if m.selectable else "last, on every row that ran" if m.after_status
+                else "always" if not m.requires else "after latency")
         cols = ", ".join(f"`{c.name}`" for c in m.columns)
         lines.append(f"| {m.name} | {runs} | {', '.join(m.devices)} | {m.how} | {cols} |")
     return "\n".join(lines)

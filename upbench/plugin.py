@@ -95,6 +95,9 @@ class Operator:
     model_impls: tuple[str, ...] = ()
     tolerance: dict[str, float] = DEFAULT_TOLERANCE
     bwd_tolerance: dict[str, float] = DEFAULT_BWD_TOLERANCE  # for gradients (bwd, fwd+bwd passes)
+    # Mathematical facts the agreement pass checks on a constant input (upbench.properties.PROPERTIES):
+    # "convex" (a constant map gives the constant at interior pixels), "exact_on_constant" (everywhere).
+    properties: tuple[str, ...] = ()
 
     # -- validation -----------------------------------------------------------------------------------
     @property

@@ -52,7 +52,9 @@ def upbench_benchmark(benchmark: Any) -> Callable[[Any], Any]:
         agree = metric("accuracy").measure(ctx)
         benchmark.extra_info.update(upbench_cell_id=cell.id, op=cell.op, impl=cell.impl,
                                     case=cell.case.label(), impl_hash=ids["impl_hash"],
-                                    err_max_rel=agree["err_max_rel"], agree=agree["agree"])
+                                    err_max_rel=agree["err_max_rel"], agree=agree["agree"],
+                                    agree_worst_input=agree["agree_worst_input"],
+                                    property_check=agree["property_check"])
         fn = ctx.prepared.fn
         if cell.case.device == "cuda":
             import torch

@@ -79,7 +79,7 @@ def run_cell(cell: Cell, opts: Options) -> dict[str, Any]:
     row = identity(opts.suite, cell)
     ctx = Context(cell, opts, row)
     for m in METRICS:
-        if not m.needs_run and m.applies(ctx):
+        if not m.needs_run and not m.after_status and m.applies(ctx):
             _apply(m, ctx)
     if cell.skip:
         row.update(status="skipped", reason=cell.skip)
@@ -103,4 +103,7 @@ def run_cell(cell: Cell, opts: Options) -> dict[str, Any]:
         ctx.prepared = None  # free the cell's tensors before the next one
         if cell.case.device == "cuda" and torch.cuda.is_available():
             torch.cuda.empty_cache()
+    for m in METRICS:  # read the finished row (trust): a failed cell has a status to judge too
+        if m.after_status and m.applies(ctx):
+            _apply(m, ctx)
     return row

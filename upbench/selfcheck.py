@@ -69,6 +69,19 @@ def discover() -> list[SelfCheck]:
     return found
 
 
+def _trust_rows(ctx: Context) -> list[Result]:
+    """The harness's own trust checks against planted CUDA behaviour (upbench.cuda_checks): work on another
+    stream, a host sync inside the call, the poisoned caching-allocator block, a matmul's energy."""
+    if ctx.device != "cuda":
+        return [Result("trust checks (timing, poisoning, energy)", None, "needs the GPU")]
+    from .cuda_checks import selfcheck_trust
+
+    return [Result(*r) for r in selfcheck_trust(ctx.device)]
+
+
+TRUST = SelfCheck("trust checks", _trust_rows)
+
+
 def run_checks(checks: Iterable[SelfCheck], ctx: Context, log: Callable[[str], None] = print) -> list[Result]:
     results: list[Result] = []
     for check in checks:
@@ -127,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(device=device, target=args.device, dry_run=args.dry_run, quick=args.quick or args.dry_run,
                   timing=not args.no_timing, dtypes=dtypes, timing_dtypes=tdtypes)
     t0 = time.perf_counter()
-    results = run_checks(checks, ctx)
+    results = run_checks([*checks, TRUST], ctx)
     mode = f"{args.device} (dry run on the CPU through the shim)" if args.dry_run else args.device
     print(f"\nupbench selfcheck on {mode}, {time.perf_counter() - t0:.1f} s")
     for line in table(results):

@@ -19,6 +19,7 @@ from . import registry
 from .axes import AXES, BY_NAME, DEFAULTS, EXPANSION_ORDER, STAGE_KEYS, normalise
 from .cases import Case, cell_id
 from .errors import UsageError
+from .metrics import DEFAULT as DEFAULT_METRICS
 from .metrics import SELECTABLE as METRICS
 from .plugin import Operator
 from .timing import Stopping
@@ -126,7 +127,7 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     kind = meta.get("kind", "sweep")
     if kind not in KINDS:
         raise UsageError(where, f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    metrics = meta.get("metrics", list(METRICS))
+    metrics = meta.get("metrics", list(DEFAULT_METRICS))  # opt-in metrics (energy) only when named
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise UsageError(where, f"unknown metric(s) {', '.join(bad)}", f"metrics are {', '.join(METRICS)}")

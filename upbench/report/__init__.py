@@ -14,7 +14,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..env import device_class
-from . import plots
+from . import plots, trust
 from .scaling import fits
 from .tables import MiB, _fmt, env_table, not_ok, op_table, paper_table, pivot
 
@@ -125,6 +125,7 @@ def render(runs: list[Run], out: Path) -> str:
             if sc:
                 out_lines += [sc, ""]
         out_lines += ["### Skipped and failed cells", "", not_ok(sdf), ""]
+    out_lines += ["## Trust: flagged rows", "", trust.INTRO, "", trust.flagged(df), ""]  # issue 13
     for name, meta in metas.items():
         hdr = f"## Environment — {name}" if len(runs) > 1 else "## Environment"
         out_lines += [hdr, "", f"Run {meta.get('status', '?')}, started {meta.get('started', '?')}, "

@@ -65,6 +65,14 @@ def _agree(r: pd.Series) -> str:
             f"interior {_fmt(r['err_interior_max_rel'], '.1e')})")
 
 
+def trust_cell(r: pd.Series) -> str:
+    """The `trust` column: ✓, or ✗ and the failed checks (docs/results.md)."""
+    t = r.get("trust")
+    if not isinstance(t, str) or not t:
+        return "–"
+    return "✓" if t == "ok" else f"✗ {t}"
+
+
 def _with_ratio(ok: pd.DataFrame) -> pd.DataFrame:
     ok = ok.copy()
     ok["_peak"] = pd.to_numeric(ok["peak_mem_bytes"], errors="coerce")
@@ -99,9 +107,10 @@ def op_table(ok: pd.DataFrame) -> str:
                      _fmt(r["_peak"] / MiB if _num(r["_peak"]) is not None else None, ".4g"),
                      _fmt(r["_ratio"], ".2f"), _fmt(r.get("peak_over_ideal"), ".2f"),
                      _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"),
-                     _fmt(r["params"], ".6g"), _fmt(r.get("gflops_per_s"), ".3g"), _roof(r), _agree(r), _bits(r)])
+                     _fmt(r["params"], ".6g"), _fmt(r.get("gflops_per_s"), ".3g"), _roof(r), _agree(r),
+                     trust_cell(r), _bits(r)])
     head = [*vary, "impl", "latency ms (median ± IQR)", "peak MiB", "× leanest", "× ideal", "GMACs", "params",
-            "GFLOP/s", "% roof (compute / bw)", "agreement max|err|/rms", "bitwise"]
+            "GFLOP/s", "% roof (compute / bw)", "agreement max|err|/rms", "trust", "bitwise"]
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 
 
@@ -119,9 +128,9 @@ def paper_table(ok: pd.DataFrame, baseline: str | None) -> str:
         rows.append([op, impl, _fmt(_num(r["params"]) and _num(r["params"]) / 1e6, ".4g"),
                      _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"), _latency(r), speed,
                      _fmt(_num(r.get("peak_mem_bytes")) and _num(r["peak_mem_bytes"]) / MiB, ".4g"),
-                     _fmt(r.get("peak_over_ideal"), ".2f"), _roof(r), _agree(r), _bits(r)])
+                     _fmt(r.get("peak_over_ideal"), ".2f"), _roof(r), _agree(r), trust_cell(r), _bits(r)])
     head = ["operator", "impl", "+params (M)", "+GMACs", "latency ms", f"speed-up vs {baseline or '–'}", "peak MiB",
-            "× ideal", "% roof (compute / bw)", "agreement", "bitwise"]
+            "× ideal", "% roof (compute / bw)", "agreement", "trust", "bitwise"]
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 
 

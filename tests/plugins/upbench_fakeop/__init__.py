@@ -4,6 +4,14 @@
 ``good`` is correct, ``border-bug`` is wrong on border pixels only, ``wrong`` is off everywhere,
 ``crash`` raises, ``fwd-only`` has no backward, ``slow`` repeats the work a configurable number of times,
 ``kernel`` is ``good`` declaring a kernel source file (``scale.cu``, never compiled) for the provenance tests.
+Planted trust failures (upbench.adversarial): ``mutates-input`` scribbles on x after computing, ``cached``
+returns its first result forever, ``normal-only`` saturates at ±4 (right for normal inputs only),
+``assumes-zeroed`` accumulates into ``torch.empty`` memory as if it were zero; ``fallback`` reports the backend
+that ran.
+
+``fake-nearest``: nearest upsampling declaring ``convex`` and ``exact_on_constant``; its ``const-wrong`` impl
+is wrong only on constant maps, and its ``mac_claim`` hyperparameter inflates the MAC count so an honest
+impl's latency falls below the speed-of-light floor.
 """
 
 from __future__ import annotations
@@ -63,6 +71,48 @@ def _nondeterministic(case: Case, m: nn.Module):
     return lambda x: good(x) * (1 + torch.rand(()) * 1e-6)  # like an atomics-ordered sum: last bits differ
 
 
+def _mutates_input(case: Case, m: nn.Module):
+    good = _good(case, m)
+
+    def run(x: Tensor) -> Tensor:
+        out = good(x)
+        x.mul_(0.5)  # uses its input as scratch space
+        return out
+    return run
+
+
+def _cached(case: Case, m: nn.Module):
+    good = _good(case, m)
+    memo: list[Tensor] = []
+
+    def run(x: Tensor) -> Tensor:
+        if not memo:
+            memo.append(good(x))
+        return memo[0]  # the previous call's tensor, whatever the input now
+    return run
+
+
+def _normal_only(case: Case, m: nn.Module):
+    good = _good(case, m)
+    return lambda x: good(x.clamp(-4.0, 4.0))  # saturates: fine for N(0, 1), wrong for tails and large values
+
+
+def _assumes_zeroed(case: Case, m: nn.Module):
+    good = _good(case, m)
+
+    def run(x: Tensor) -> Tensor:
+        out = torch.empty(x.shape[0], x.shape[1], x.shape[2] * case.s, x.shape[3] * case.s, dtype=x.dtype)
+        out += good(x)  # right only when the allocator hands back zeroed pages
+        return out
+    return run
+
+
+def _fallback(case: Case, m: nn.Module):
+    run = _good(case, m)
+    run.upbench_backend = lambda: "torch (optional library missing)"  # what ran, decided at call time
+    return run
+
+
 class FakeScale(Operator):
     name = "fake-scale"
     description = "test plugin: nearest upsampling times a learned per-channel scale"
@@ -77,6 +127,11 @@ class FakeScale(Operator):
         Impl("slow", _slow, "the good impl, SLOW_FACTOR times"),
         Impl("nondeterministic", _nondeterministic, "last-bit noise", deterministic=False),
         Impl("kernel", _good, "the good impl, declaring a kernel source", sources=(str(KERNEL),)),
+        Impl("mutates-input", _mutates_input, "halves x after computing", backward=False),
+        Impl("cached", _cached, "returns its first result forever", backward=False),
+        Impl("normal-only", _normal_only, "clamps x to ±4 first", backward=False),
+        Impl("assumes-zeroed", _assumes_zeroed, "accumulates into torch.empty", backward=False),
+        Impl("fallback", _fallback, "the good impl, saying which backend ran", backward=False),
     )
 
     def module(self, case: Case) -> nn.Module:
@@ -99,3 +154,38 @@ class FakeScale(Operator):
 
 
 FAKE_SCALE = FakeScale()
+
+
+def _nearest(case: Case, m: None):
+    return lambda x: x.repeat_interleave(case.s, 2).repeat_interleave(case.s, 3)
+
+
+def _const_wrong(case: Case, m: None):
+    good = _nearest(case, m)
+
+    def run(x: Tensor) -> Tensor:
+        out = good(x)
+        return out + 1.0 if bool((x == x.flatten()[0]).all()) else out  # a bad special case for flat inputs
+    return run
+
+
+class FakeNearest(Operator):
+    name = "fake-nearest"
+    description = "test plugin: nearest upsampling with declared properties"
+    uses_K = False
+    properties = ("convex", "exact_on_constant")
+    hyperparams = (HyperParam("mac_claim", 1, "MACs claimed per output element (a huge value: impossible)"),)
+    impls = (
+        Impl("good", _nearest, "correct", backward=False),
+        Impl("const-wrong", _const_wrong, "adds 1 on constant inputs", backward=False),
+    )
+
+    def reference(self, case: Case, inputs: dict[str, Tensor], module: None) -> Tensor:
+        return inputs["x"].repeat_interleave(case.s, 2).repeat_interleave(case.s, 3)
+
+    def macs(self, case: Case) -> int:
+        oh, ow = case.out_hw
+        return case.B * case.C * oh * ow * int(case.params["mac_claim"])
+
+
+FAKE_NEAREST = FakeNearest()
