@@ -35,3 +35,18 @@ def test_expect_needs_a_reason(run_cli, tmp_path, fake_plugin):
     code, _, err = run_cli("run", "--suite", suite, "--out", tmp_path / "r", *SMOKE_ARGS)
     assert code == 2 and err.count("\n") == 1 and "[[expect]] needs where" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_expect_limited_to_inputs_covers_only_failures_on_those_inputs(run_cli, tmp_path, fake_plugin):
+    """``inputs = ["large"]``: a cell wrong only on the large-magnitude input passes; one wrong everywhere does
+    not, though the same entry names it."""
+    suite = tmp_path / "s.toml"
+    suite.write_text('[suite]\nmetrics = ["accuracy"]\n[axes]\nC = 4\nH = 3\n[[op]]\nname = "fake-scale"\n'
+                     'impls = ["normal-only", "cached"]\n'
+                     '[[expect]]\nwhere = {op = "fake-scale"}\ninputs = ["large"]\nreason = "saturates by design"\n')
+    code, _, err = run_cli("run", "--suite", suite, "--out", tmp_path / "r", *SMOKE_ARGS)
+    rows = {r["impl"]: r for r in json.loads((tmp_path / "r" / "results.json").read_text())["rows"]}
+    assert rows["normal-only"]["agree"] is False and rows["normal-only"]["agree_failed_inputs"].startswith("large")
+    assert rows["normal-only"]["agree_expected"] == "saturates by design"
+    assert rows["cached"]["agree"] is False and not rows["cached"].get("agree_expected")
+    assert code == 1 and "1 cells disagree" in err, err

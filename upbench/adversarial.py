@@ -174,8 +174,11 @@ class Checked:
     worst_input: str  # which input gave it ("normal", "uniform@9x9", …)
     properties: str  # "ok", "" (none declared, or not a forward pass) or "failed: …"
 
+    failed_inputs: tuple[str, ...] = ()  # every input whose agreement missed the tolerance
+
     def columns(self) -> dict[str, object]:
-        return {"agree_worst_input": self.worst_input, "property_check": self.properties}
+        return {"agree_worst_input": self.worst_input, "agree_failed_inputs": ",".join(self.failed_inputs),
+                "property_check": self.properties}
 
 
 def _call(compare: Compare, op: Operator, st: Stage, pass_: str) -> tuple[Agreement, list[Tensor]]:
@@ -215,7 +218,8 @@ def checked_agreement(op: Operator, impl: Impl, stages: list[Stage], pass_: str,
     label = next(lbl for a, lbl in found if a is worst)
     declared = bool(op.properties) and pass_ == "fwd" and "constant" in distributions
     prop = ("failed: " + "; ".join(props)) if props else ("ok" if declared else "")
-    return Checked(worst, label, prop)
+    failed = tuple(dict.fromkeys(lbl for a, lbl in found if not a.ok))
+    return Checked(worst, label, prop, failed)
 
 
 def checked_agreement_of(p: Prepared) -> Checked:

@@ -92,6 +92,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("agree_worst_input", "", "accuracy", "the input that gave the worst agreement: `normal` (the case's "
            "own), or `seed2`, `uniform`, `heavy` (Student t, 3 dof), `large` (×10 in fp32) or `constant`, run at a "
            "reduced shape `@HxW` (H, W ≤ K + 4) when the case is larger"),
+    Column("agree_failed_inputs", "", "accuracy", "every input (same names as agree_worst_input) whose agreement "
+           "missed the tolerance, comma-separated; empty when all agreed"),
     Column("property_check", "", "accuracy", "the operator's declared properties on a constant input (forward "
            "passes): `ok`, `failed: …` with what failed, empty when it declares none"),
     Column("agree_expected", "", "status", "the suite's `[[expect]]` reason when this row's disagreement is "
