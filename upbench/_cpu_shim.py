@@ -64,6 +64,8 @@ VARIANTS: dict[str, Variant] = {
         # atn_t with 256-channel chunks reads its high-res rows in fewer passes.
         Variant("fast", ("-O3", "-march=native", "-fopenmp"), lanes=1, warps=1, vpt=64, nc=4, vpt_t=256),
         Variant("simt", ("-O1", "-pthread"), lanes=32, warps=2, vpt=2, nc=2),
+        # upbench.instructions: `fast` for AVX2 (x86-64-v3), which valgrind can run (it has no AVX-512).
+        Variant("count", ("-O3", "-march=x86-64-v3", "-fopenmp"), lanes=1, warps=1, vpt=64, nc=4, vpt_t=256),
         Variant("asan", (*_SAN, "-march=native", "-fopenmp"), lanes=1, warps=1, vpt=32, nc=2),
         Variant("asan-simt", (*_SAN, "-pthread"), lanes=32, warps=2, vpt=2, nc=2),
     )

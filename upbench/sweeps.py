@@ -22,7 +22,7 @@ from .errors import UsageError
 from .plugin import Operator
 from .timing import Stopping
 
-METRICS = ("latency", "memory", "accuracy", "determinism")
+METRICS = ("latency", "memory", "accuracy", "determinism", "instructions")
 KINDS = ("sweep", "model")
 STAGE_KEYS = ("C", "Cy", "H", "W", "s", "K")
 
