@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--normalise", action="store_true", help="divide times by each run's calibration workload")
     cmp_.add_argument("--strict", action="store_true", help="exit 3 when AMBIGUOUS rows remain")
     cmp_.add_argument("--allow-cross-device", action="store_true", help="compare different device classes")
+    cmp_.add_argument("--instr-threshold", type=float, default=None,
+                      help="minimum effect on instructions per call, where both sides counted them (default 0.02)")
+    cmp_.add_argument("--allow-disjoint", action="store_true",
+                      help="compare runs of different suites or with no cell in common (else exit 2)")
     cmp_.add_argument("--out", type=Path, help="also write the markdown summary here")
     cmp_.add_argument("--if-missing", choices=("fail", "pass"), default="fail",
                       help="baseline:NAME absent for this device class: usage error (default) or pass with a note")
@@ -141,6 +145,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from .ceilings import calibrate, ceilings
     from .env import fingerprint, local_device_class
     from .runner import Options
+    from .timing import machine_load
 
     suite = sweeps.load(args.suite)
     overrides = dict(parse_set(s) for s in args.sets)
@@ -193,6 +198,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             calibration = meta["calibration"][devices[0]]
             calibration["score_ms"] = (calibration["copy_ms"] * calibration["matmul_ms"]) ** 0.5
     opts = Options(suite.metrics, stopping, calibration)
+    meta["env"]["load"] = {"before": machine_load()}
+    instr = _count_instructions(cells) if "instructions" in suite.metrics else {}
     done: dict[int, dict[str, Any]] = {}
     t0 = time.perf_counter()
     bar = _progress(len(cells), args.no_progress)
@@ -202,7 +209,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         for i, row in stream:
             dev = cells[i].case.device
-            row.setdefault("device_class", classes.setdefault(dev, local_device_class(dev)))
+            threads = row.get("torch_threads")
+            row.setdefault("device_class", classes.setdefault(f"{dev}/{threads}", local_device_class(dev, threads)))
+            if row.get("status") == "ok":
+                row.update(instr.get(row["cell_id"], {}))
             done[i] = row
             meta["elapsed_s"] = time.perf_counter() - t0
             results.write_run(run_dir, [done[k] for k in sorted(done)], meta)
@@ -214,6 +224,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     finally:
         bar.close()
     rows = [done[k] for k in sorted(done)]
+    meta["env"]["load"]["after"] = machine_load()
     meta["elapsed_s"] = time.perf_counter() - t0
     results.write_run(run_dir, rows, meta)
     _write_report([run_dir], None)
@@ -226,6 +237,15 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     if meta["status"] != "complete":
         return EXIT_INTERRUPTED
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def _count_instructions(cells: list[Any]) -> dict[str, dict[str, Any]]:
+    from .instructions import for_cells
+
+    n = sum(1 for c in cells if not c.skip and c.case.device == "cpu")
+    print(f"upbench: counting instructions of {n} cells under valgrind (about 20 s plus 1–10 s a cell)…",
+          file=sys.stderr)
+    return for_cells(cells)
 
 
 def _progress(total: int, disabled: bool) -> Any:
@@ -264,7 +284,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise
         print(f"upbench: no gate: {exc}", file=sys.stderr)
         return EXIT_OK
-    df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device)
+    instr_t = compare.INSTR_THRESHOLD if args.instr_threshold is None else args.instr_threshold
+    if not 0 < instr_t < 10:
+        raise UsageError("--instr-threshold", f"{instr_t} is not a fraction > 0", "e.g. --instr-threshold 0.02")
+    df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device, instr_t,
+                         args.allow_disjoint)
     text = compare.markdown(df, base, args.new, args.normalise)
     if args.out:
         from .results import atomic_write

@@ -96,8 +96,9 @@ def device_class(env: dict[str, Any], device: str) -> str:
     return f"{env.get('cpu_model')} / {env.get('torch_threads')} threads"
 
 
-def local_device_class(device: str) -> str:
-    """This process's device class, the same string as :func:`device_class` gives for its fingerprint."""
+def local_device_class(device: str, threads: int | None = None) -> str:
+    """This process's device class, the same string as :func:`device_class` gives for its fingerprint;
+    ``threads``: the torch threads the row ran with (a one-thread suite is a one-thread class)."""
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"{_cpu_model()} / {torch.get_num_threads()} threads"
+    return f"{_cpu_model()} / {threads or torch.get_num_threads()} threads"

@@ -51,12 +51,28 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_inner", "", "latency", "calls per sample (CPU: calibrated so a sample lasts ≥ 1 ms)"),
     Column("latency_stop", "", "latency", "why sampling stopped: `converged` (IQR/median under target), `budget`, "
            "`max_samples`"),
-    Column("latency_noise", "", "latency", "`stable` if IQR/median ≤ the suite's target, else `noisy`"),
+    Column("latency_noise", "", "latency", "`contended` if most CPU samples were preempted (their time is the "
+           "machine's load), else `stable` if IQR/median ≤ the suite's target, else `noisy`"),
     Column("latency_mode", "", "latency", "`cpu`, `cuda-cold` (L2 flushed before each sample) or `cuda-warm`; "
            "`-graph` when timed as CUDA-graph replays"),
     Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
     Column("latency_norm", "", "latency", "latency_median_ms / this run's calibration score (geometric mean of "
            "a 4 MiB copy and a 512² matmul, ms): comparable across sibling machines"),
+    # Contention and first-touch cost (CPU rows): see docs/results.md "Busy machines".
+    Column("latency_preempted", "", "latency", "CPU: samples discarded because the scheduler took the CPU away "
+           "(an involuntary context switch and less CPU time than wall time × threads)"),
+    Column("latency_cpu_over_wall", "", "latency", "CPU: median over samples of process CPU time / wall time "
+           "(about the thread count when nothing else competes)"),
+    Column("minor_faults_per_call", "", "latency", "CPU: minor page faults per call while sampling (a fresh "
+           "large output is faulted in on every call)"),
+    Column("thp_mem_alloc", "", "latency", "CPU: the THP_MEM_ALLOC_ENABLE setting of torch's allocator "
+           "(`1`: 2 MiB-aligned blocks, far fewer faults) or `unset`"),
+    Column("instructions_per_call", "", "latency", "CPU: retired instructions per call (valgrind callgrind, "
+           "median of samples): unchanged by load; `compare` gates on it when both sides have it"),
+    Column("instructions_samples", "", "latency", "CPU: instructions per call of every sample, JSON list"),
+    Column("instructions_tool", "", "latency", "what counted them (callgrind and its version)"),
+    Column("instructions_reason", "", "latency", "why instructions were not counted (valgrind missing, CUDA row, "
+           "the impl failed under valgrind)"),
     Column("throttled", "", "latency", "CUDA: the GPU reported power/thermal clock events or violation time "
            "during the latency pass (NVML before and after); empty on the CPU"),
     Column("throttle_reasons", "", "latency", "which NVML clock-event reasons or violation counters fired"),

@@ -128,6 +128,7 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
                        latency_inner=lat.inner, latency_stop=lat.stop,
                        latency_noise=lat.verdict(opts.stopping.target_rel_iqr), latency_mode=lat.mode,
                        latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
+            row.update(timing.contention_columns(lat, case.device))
         if "memory" in opts.metrics:
             row["ideal_bytes"] = memory.result_bytes(fn())  # also the warm call: lazy caches are not the op's
             row["peak_mem_bytes"] = memory.peak(fn, case.device)
