@@ -150,3 +150,63 @@ def test_missing_baseline_can_pass_explicitly(run_cli, tmp_path, monkeypatch):
     code, _, err = run_cli("compare", "baseline:main", new, "--if-missing", "pass")
     assert code == 0 and "no gate" in err
     assert run_cli("compare", "baseline:main", new)[0] == 2
+
+
+def test_runs_of_different_suites_or_no_common_cell_are_a_usage_error(run_cli, tmp_path):
+    base = _run_dir(tmp_path, "base", [_row("a", [1.0, 1.0, 1.0])])
+    other = _run_dir(tmp_path, "other", [{**_row("a", [1.0, 1.0, 1.0]), "suite": "t"}])
+    code, out, err = run_cli("compare", base, other)
+    assert code == 2 and "different suites" in err and out == ""
+    apart = _run_dir(tmp_path, "apart", [_row("z", [1.0, 1.0, 1.0])])
+    code, _, err = run_cli("compare", base, apart)
+    assert code == 2 and "share no cell" in err
+    assert run_cli("compare", base, apart, "--allow-disjoint")[0] == 0
+
+
+def test_contended_rows_are_never_slower_or_faster(run_cli, tmp_path):
+    base = _run_dir(tmp_path, "base", [_row("a", _noise(20, 1.0, 0.01, 1))])
+    slow = _run_dir(tmp_path, "slow", [{**_row("a", _noise(20, 50.0, 0.01, 2)), "latency_noise": "contended"}])
+    code, out, _ = run_cli("compare", base, slow)
+    assert code == 0 and "AMBIGUOUS" in out and "would be SLOWER" in out and "contended" in out
+    assert run_cli("compare", base, slow, "--strict")[0] == 3
+
+
+def _instr_row(cid, per_call, samples_ms):
+    return {**_row(cid, samples_ms), "instructions_per_call": per_call,
+            "instructions_samples": json.dumps([per_call * (1 + 1e-4 * i) for i in range(5)])}
+
+
+def test_instructions_decide_when_both_sides_have_them(run_cli, tmp_path):
+    base = _run_dir(tmp_path, "base", [_instr_row("a", 1e7, _noise(20, 1.0, 0.01, 1))])
+    # Time says 3× slower (a busy neighbour); instructions say unchanged: SAME on instructions.
+    busy = _run_dir(tmp_path, "busy", [_instr_row("a", 1e7, _noise(20, 3.0, 0.01, 2))])
+    code, out, _ = run_cli("compare", base, busy)
+    assert code == 0 and "SAME" in out and "| instructions |" in out and "±2%" in out
+    # 5 % more instructions with the same time: SLOWER, through the 2 % instruction threshold.
+    more = _run_dir(tmp_path, "more", [_instr_row("a", 1.05e7, _noise(20, 1.0, 0.01, 3))])
+    code, out, _ = run_cli("compare", base, more)
+    assert code == 1 and "SLOWER" in out
+    assert run_cli("compare", base, more, "--instr-threshold", "0.1")[0] == 0
+    assert run_cli("compare", base, more, "--instr-threshold", "-1")[0] == 2
+
+
+def test_normalise_falls_back_to_raw_when_a_calibration_was_unsteady(run_cli, tmp_path):
+    base = _run_dir(tmp_path, "base", [_row("a", _noise(20, 1.0, 0.01, 1))])
+    new = tmp_path / "new"
+    write_run(new, [_row("a", _noise(20, 1.0, 0.01, 2))],
+              {"env": {"cpu_model": "AMD EPYC", "torch_threads": 2, "gpu": {"devices": []}},
+               "calibration": {"cpu": {"copy_ms": 200.0, "matmul_ms": 2.0, "copy_spread": 99.0,
+                                       "busy": "load average 20 on 2 cores"}}})
+    code, out, _ = run_cli("compare", base, new, "--normalise")
+    assert code == 0 and "1 SAME" in out and "--normalise ignored" in out and "copy_spread" in out
+
+
+def test_case_labels_print_integers_and_every_verdict_is_documented():
+    from pathlib import Path
+
+    import pandas as pd
+
+    from upbench.compare import _label, verdict_table
+
+    assert _label(pd.Series({"K": 5.0, "H": 16.0, "dtype": "float32"})) == "H=16 K=5 dtype=float32"
+    assert verdict_table() in (Path(__file__).resolve().parent.parent / "docs" / "ci.md").read_text()

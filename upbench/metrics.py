@@ -93,6 +93,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("gbytes_per_s", "GB/s", "counts", "min_bytes / median latency (forward passes only)"),
     Column("pct_compute_roof", "%", "counts", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
     Column("pct_bw_roof", "%", "counts", "gbytes_per_s / the device's probed copy bandwidth"),
+    Column("roof_key", "", "counts", "which ceilings the roof shares used: machine, device, torch, dtype "
+           "(`not kept: …` when they were probed under load for this run only)"),
+    Column("roof_probed_at", "", "counts", "when those ceilings were probed (UTC); a row above 100 % of a roof "
+           "makes upbench probe again before it is reported"),
     Column("bitwise_repeatable", "", "accuracy", "two runs of the call gave bit-identical results (outputs or "
            "gradients): the determinism metric"),
     Column("err_max_abs", "", "accuracy", "max |impl − float64 reference| (bwd: over every gradient)"),

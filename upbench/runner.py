@@ -25,7 +25,7 @@ from . import memory, registry, timing
 from ._nvml import throttle_events, throttle_snapshot
 from .accuracy import Agreement, agreement
 from .cases import Case
-from .ceilings import ceilings
+from .ceilings import roof_columns
 from .plugin import Impl, Operator
 from .sweeps import Cell, Suite
 from .workload import Stage, make_callable, prepare_stage, reference_outputs
@@ -172,12 +172,7 @@ def run_cell(suite: Suite, cell: Cell, opts: Options) -> dict[str, Any]:
             torch.cuda.empty_cache()
     lat = row.get("latency_median_ms")
     if row.get("status") == "ok" and lat:
-        roof = ceilings(cell.case.device, cell.case.dtype)
-        row["gflops_per_s"] = row["flops"] / (lat * 1e-3) / 1e9
-        row["pct_compute_roof"] = 100 * row["gflops_per_s"] / roof["matmul_GFLOPs"]
-        if cell.case.pass_ == "fwd":
-            row["gbytes_per_s"] = row["min_bytes"] / (lat * 1e-3) / 1e9
-            row["pct_bw_roof"] = 100 * row["gbytes_per_s"] / roof["copy_GBps"]
+        row.update(roof_columns(row, cell.case.device, cell.case.dtype, cell.case.pass_))
         if opts.calibration:
             row["latency_norm"] = lat / opts.calibration["score_ms"]
     return row
