@@ -109,6 +109,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"operators": data, "broken": registry.broken_plugins(),
                           "suites": sorted(builtin_suites())}, indent=1))
         return EXIT_OK
+    width = max((len(i["name"]) for d in data for i in d["impls"]), default=12)
     for d in data:
         guided = " (guided)" if d["guided"] else ""
         hp = ", ".join(f"{k}={v}" for k, v in d["hyperparams"].items())
@@ -119,7 +120,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 why = i["unavailable"].get(dev)
                 where.append(f"{dev}: {'available' if not why else 'unavailable — ' + why}")
             flags = ("" if i["backward"] else ", forward-only") + ("" if i["deterministic"] else ", non-deterministic")
-            print(f"  {i['name']:<12} {'; '.join(where)}{flags}")
+            print(f"  {i['name']:<{width}} {'; '.join(where)}{flags}")
     for name, why in registry.broken_plugins().items():
         print(f"{name}: BROKEN PLUGIN — {why}")
     print("suites: " + ", ".join(sorted(builtin_suites())))
@@ -144,6 +145,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from .axes import parse_param, parse_set
     from .ceilings import calibrate, ceilings
     from .env import fingerprint, local_device_class
+    from .outdir import check_dir
     from .runner import Options
     from .timing import machine_load
 
@@ -179,6 +181,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         return EXIT_OK
     stamp = datetime.now(UTC)
     run_dir = args.out or Path("reports/runs") / f"{suite.name}-{stamp.strftime('%Y%m%d-%H%M%S')}"
+    check_dir(run_dir, f"--out {run_dir}")
     if (run_dir / results.RESULTS_JSON).exists() and not args.force:
         raise UsageError(f"--out {run_dir}", "already holds results", "choose another directory or add --force")
     meta: dict[str, Any] = {
@@ -269,6 +272,10 @@ def _write_report(paths: list[Path], out: Path | None) -> Path:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.out:
+        from .outdir import check_file
+
+        check_file(args.out, f"--out {args.out}")
     print(_write_report(args.runs, args.out))
     return EXIT_OK
 
@@ -277,6 +284,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from . import baselines, compare
 
     thresholds = compare.load_thresholds(args.thresholds, args.threshold)
+    if args.out:
+        from .outdir import check_file
+
+        check_file(args.out, f"--out {args.out}")
     try:
         base = baselines.resolve(args.base, args.new)
     except baselines.MissingBaseline as exc:
@@ -300,7 +311,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge
+    from .outdir import check_dir
 
+    check_dir(args.out, f"--out {args.out}")
     code = merge(args.shards, args.out, args.force)
     if code == EXIT_OK:
         _write_report([args.out], None)

@@ -26,6 +26,7 @@ from ._nvml import throttle_events, throttle_snapshot
 from .accuracy import Agreement, agreement
 from .cases import Case
 from .ceilings import roof_columns
+from .contract import check_stages
 from .plugin import Impl, Operator
 from .sweeps import Cell, Suite
 from .workload import Stage, make_callable, prepare_stage, reference_outputs
@@ -113,6 +114,7 @@ def measure(cell: Cell, opts: Options) -> dict[str, Any]:
     with _threads(case.threads):
         row["torch_threads"] = torch.get_num_threads()
         stages = [prepare_stage(op, impl, c) for c in cell.stages]
+        check_stages(stages, cell.impl)  # the plugin contract and finite outputs, before any metric
         if "accuracy" in opts.metrics:
             a = _agreement(op, stages, case.pass_)
             row.update(err_max_abs=a.max_abs, err_rel_rms=a.rel_rms, err_max_rel=a.max_rel,
