@@ -219,5 +219,5 @@ def calibrate(device: str, say: Callable[[str], None] = _say) -> dict[str, Any]:
         if disagree is None:
             break
         if attempt + 1 < TRIES:
-            say(f"calibration disturbed ({why}); calibrating again")
+            say(f"calibration disturbed ({disagree}); calibrating again")
     return res

@@ -58,7 +58,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
     Column("latency_norm", "", "latency", "latency_median_ms / this run's calibration score (geometric mean of "
            "a 4 MiB copy and a 512² matmul, ms): comparable across sibling machines"),
-    # Contention and first-touch cost (CPU rows): see docs/results.md "Busy machines".
+    # Contention and first-touch cost (CPU rows), instruction counts: docs/ci.md, "Busy machines".
     Column("latency_preempted", "", "latency", "CPU: samples discarded because the scheduler took the CPU away "
            "(an involuntary context switch and less CPU time than wall time × threads)"),
     Column("latency_cpu_over_wall", "", "latency", "CPU: median over samples of process CPU time / wall time "
@@ -85,8 +85,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("vm_hwm_delta_bytes", "B", "memory", "CPU cross-check: VmHWM after the call minus VmRSS before it "
            "(physical pages; roughly equals the allocator peak for large allocations)"),
     Column("params", "", "counts", "learned parameters of the module (model suites: summed over stages)"),
-    Column("macs", "MAC", "counts", "analytic multiply-accumulates of the pass (DESIGN §6); bwd = the operator's "
-           "backward formula"),
+    Column("macs", "MAC", "counts", "analytic multiply-accumulates of the pass (docs/design.md §6); bwd = the "
+           "operator's backward formula"),
     Column("flops", "FLOP", "counts", "2 × macs"),
     Column("min_bytes", "B", "counts", "bytes an ideal forward must move: inputs read once, output written once"),
     Column("gflops_per_s", "GFLOP/s", "counts", "flops / median latency"),
