@@ -22,6 +22,7 @@ def probes(tmp_path, monkeypatch):
         return queue[kind].pop(0) if queue[kind] else 10.0
     monkeypatch.setattr(ceilings, "copy_gbps", lambda d, n: take("copy"))
     monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: take("mm"))
+    monkeypatch.setattr(ceilings, "matmul_size", lambda d, t, n: n)
     return queue, calls
 
 
@@ -76,6 +77,12 @@ def test_a_row_above_a_roof_reprobes_and_names_its_ceiling():
     cols = ceilings.roof_columns(row, "cpu", "float32", "fwd", get=get)
     assert asked == [False, True] and cols["pct_compute_roof"] == pytest.approx(20.0)
     assert cols["pct_bw_roof"] == pytest.approx(10.0) and cols["roof_probed_at"] == "new"
+
+
+def test_matmul_probe_size_follows_the_dtype_speed(monkeypatch):
+    monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: {"float32": 200.0, "float16": 1.0}[t])
+    assert ceilings.matmul_size("cpu", "float32", 2048) == 2048  # 2·2048³ / 200 GFLOP/s ≈ 86 ms
+    assert ceilings.matmul_size("cpu", "float16", 2048) == 256  # 1 GFLOP/s: the smallest size
 
 
 def test_probes_measure_something_real():

@@ -58,6 +58,20 @@ def matmul_gflops(device: str, dtype: str, n: int) -> float:
     return 2 * n**3 / lat.min / 1e9
 
 
+def matmul_size(device: str, dtype: str, largest: int) -> int:
+    """The probe's matrix size: the largest power of two ≤ ``largest`` whose product takes ≲ 0.1 s here.
+
+    A fixed 2048² is fine in fp32 but takes seconds per call in fp16 on a CPU without half-precision
+    units (a first fp16 run once spent ~220 s probing), so the size follows a quick 256² estimate."""
+    if device == "cuda":
+        return largest
+    rate = matmul_gflops(device, dtype, 256) * 1e9
+    n = 256
+    while n * 2 <= largest and 2 * (n * 2) ** 3 / rate <= 0.1:
+        n *= 2
+    return n
+
+
 def robust_best(values: list[float]) -> float:
     """The highest value that another probe confirms (within AGREE); with no such pair, the median.
 
@@ -111,8 +125,9 @@ def _probe(device: str, dtype: str, say: Callable[[str], None]) -> dict[str, Any
         if attempt:
             say(f"machine busy ({why}); probing again in 2 s")
             time.sleep(2)
+        n = matmul_size(device, dtype, 8192 if big else 2048)
         values = {"copy_GBps": [copy_gbps(device, (1 << 30) if big else (256 << 20)) for _ in range(PROBES)],
-                  "matmul_GFLOPs": [matmul_gflops(device, dtype, 8192 if big else 2048) for _ in range(PROBES)]}
+                  "matmul_GFLOPs": [matmul_gflops(device, dtype, n) for _ in range(PROBES)]}
         why = _steady(values, machine_load())
         if why is None:
             break
