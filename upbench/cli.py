@@ -191,6 +191,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         "status": "running", "stopping": stopping.__dict__, "env": fingerprint(), "cells": len(cells),
         "shard": shard_info, "executor": args.executor, "upbench": __version__,
     }
+    meta["env"]["load"] = {"before": machine_load()}  # before any probe: what the neighbours were doing
     calibration = None
     if "latency" in suite.metrics:
         devices = sorted({c.case.device for c in cells if not c.skip})
@@ -201,7 +202,6 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             calibration = meta["calibration"][devices[0]]
             calibration["score_ms"] = (calibration["copy_ms"] * calibration["matmul_ms"]) ** 0.5
     opts = Options(suite.metrics, stopping, calibration)
-    meta["env"]["load"] = {"before": machine_load()}
     instr = _count_instructions(cells) if "instructions" in suite.metrics else {}
     done: dict[int, dict[str, Any]] = {}
     t0 = time.perf_counter()
