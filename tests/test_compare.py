@@ -198,7 +198,12 @@ def test_normalise_falls_back_to_raw_when_a_calibration_was_unsteady(run_cli, tm
                "calibration": {"cpu": {"copy_ms": 200.0, "matmul_ms": 2.0, "copy_spread": 99.0,
                                        "busy": "load average 20 on 2 cores"}}})
     code, out, _ = run_cli("compare", base, new, "--normalise")
-    assert code == 0 and "1 SAME" in out and "--normalise ignored" in out and "copy_spread" in out
+    assert code == 0 and "1 SAME" in out and "--normalise ignored" in out and "busy machine" in out
+    doc = json.loads((new / "results.json").read_text())
+    del doc["meta"]["calibration"]["cpu"]["busy"]
+    (new / "results.json").write_text(json.dumps(doc))
+    code, out, _ = run_cli("compare", base, new, "--normalise")
+    assert code == 0 and "--normalise ignored" in out and "copy_spread 99.00 > 0.25" in out
 
 
 def test_case_labels_print_integers_and_every_verdict_is_documented():

@@ -156,6 +156,8 @@ def calibration_spread_problem(metas: dict[str, dict[str, Any]]) -> str | None:
     """Why --normalise cannot be trusted for these runs (a calibration whose own spread is too high), or None."""
     for side, meta in metas.items():
         for device, cal in (meta.get("calibration") or {}).items():
+            if cal.get("busy"):  # steady contention slows every probe alike: a low spread does not clear it
+                return f"{side}'s {device} calibration ran on a busy machine ({cal['busy']})"
             for key in ("copy_rel_iqr", "matmul_rel_iqr", "copy_spread", "matmul_spread"):
                 spread = cal.get(key)
                 if isinstance(spread, (int, float)) and not spread <= MAX_CAL_SPREAD:
