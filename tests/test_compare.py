@@ -199,6 +199,7 @@ def test_normalise_falls_back_to_raw_when_a_calibration_was_unsteady(run_cli, tm
                                        "busy": "load average 20 on 2 cores"}}})
     code, out, _ = run_cli("compare", base, new, "--normalise")
     assert code == 0 and "1 SAME" in out and "--normalise ignored" in out and "busy machine" in out
+    assert "Times raw" in out
     doc = json.loads((new / "results.json").read_text())
     del doc["meta"]["calibration"]["cpu"]["busy"]
     (new / "results.json").write_text(json.dumps(doc))

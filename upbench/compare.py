@@ -227,6 +227,7 @@ def compare(base_path: str, new_path: str, thresholds: Thresholds, normalise: bo
         out.append(rec)
     df = pd.DataFrame(out)
     df.attrs["notes"] = notes
+    df.attrs["normalised"] = normalise  # False after a fallback: the summary must not claim otherwise
     return df
 
 
@@ -283,6 +284,7 @@ def exit_code(df: pd.DataFrame, strict: bool) -> int:
 
 def markdown(df: pd.DataFrame, base: str, new: str, normalise: bool) -> str:
     counts = df["verdict"].value_counts().to_dict() if not df.empty else {}
+    normalise = df.attrs.get("normalised", normalise)
     lines = [f"# upbench compare: `{base}` → `{new}`", "",
              f"Times {'normalised by each run’s calibration workload' if normalise else 'raw'}; ratio = new / base "
              "median with a 95 % bootstrap interval; verdict by the interval against the threshold.", "",
