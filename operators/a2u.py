@@ -112,11 +112,5 @@ class A2U(Operator):
             "reassembly": lo * S * S * s_u * s_u * case.C,
         }
 
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
-    def min_bytes(self, case: Case) -> int:
-        return super().min_bytes(case) + self.params_formula(case) * case.torch_dtype.itemsize
-
 
 A2U_OP = A2U()

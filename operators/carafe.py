@@ -89,11 +89,5 @@ class Carafe(Operator):
             "reassembly": lo * case.s ** 2 * case.K ** 2 * case.C,
         }
 
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
-    def min_bytes(self, case: Case) -> int:
-        return super().min_bytes(case) + self.params_formula(case) * case.torch_dtype.itemsize
-
 
 CARAFE = Carafe()

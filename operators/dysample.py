@@ -158,11 +158,5 @@ class DySample(Operator):
         terms["sampling"] = 4 * lo * case.s ** 2 * case.C  # 4 bilinear taps per output element
         return terms
 
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
-    def min_bytes(self, case: Case) -> int:
-        return super().min_bytes(case) + self.params_formula(case) * case.torch_dtype.itemsize
-
 
 DYSAMPLE = DySample()

@@ -104,11 +104,5 @@ class Fade(Operator):
             "blend": 2 * hi * C,  # g·y and (1−g)·r
         }
 
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
-    def min_bytes(self, case: Case) -> int:
-        return super().min_bytes(case) + self.params_formula(case) * case.torch_dtype.itemsize
-
 
 FADE = Fade()

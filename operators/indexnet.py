@@ -130,13 +130,10 @@ class IndexNet(Operator):
         terms["apply"] = lo * S * S * case.C  # D ⊙ nearest(x): one product per output element
         return terms
 
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
     def min_bytes(self, case: Case) -> int:
         holistic, nonlinear, _ = self._hp(case)
         bn_stats = 2 * _block_shapes(case.cy, holistic, nonlinear, True)[1][0] if nonlinear else 0
-        return super().min_bytes(case) + (self.params_formula(case) + bn_stats) * case.torch_dtype.itemsize
+        return super().min_bytes(case) + bn_stats * case.torch_dtype.itemsize
 
 
 INDEXNET = IndexNet()

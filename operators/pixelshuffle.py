@@ -59,12 +59,6 @@ class _ConvUpsampler(Operator):
     def _k(self, case: Case) -> int:
         return int(case.params.get("kernel", 3))
 
-    def min_bytes(self, case: Case) -> int:
-        return super().min_bytes(case) + self.params_formula(case) * case.torch_dtype.itemsize
-
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
     def params_formula(self, case: Case) -> int:
         raise NotImplementedError
 

@@ -174,12 +174,6 @@ class _Sapa(Operator):
             terms |= {"gate": lo * case.C, "query_x": lo * case.C * d, "blend": 2 * hi * d}
         return terms
 
-    def macs(self, case: Case) -> int:
-        return sum(self.mac_terms(case).values())
-
-    def min_bytes(self, case: Case) -> int:
-        return super().min_bytes(case) + self.params_formula(case) * case.torch_dtype.itemsize
-
 
 _D = HyperParam("d", 32, "query/key embedding width (32 in the reported experiments; 64 in a released default)")
 

@@ -16,7 +16,8 @@ from upbench.timing import Stopping, time_cpu
 # 36 MiB: above glibc's largest dynamic mmap threshold (32 MiB), so mmapped afresh on every call, like the
 # 32 MiB output of SAPA core at B = 2, C = 256, 128²
 fresh_output = lambda: torch.empty(9 << 20).fill_(1.0)
-st = Stopping(budget_s=0.05, min_samples=3, warmup_s=0.01)
+# warm-up long enough for the warm pool to settle (a few calls) even on a loaded machine
+st = Stopping(budget_s=0.05, min_samples=3, warmup_s=0.3)
 fresh = time_cpu(fresh_output, st, threads=1).minor_faults_per_call
 with allocation_mode("warm"):
     warm = time_cpu(fresh_output, st, threads=1).minor_faults_per_call

@@ -11,7 +11,7 @@ BUSY = {"load1": 6.0, "cores": 2}
 @pytest.fixture
 def probes(tmp_path, monkeypatch):
     """Fake probes returning queued values; the cache in tmp_path; no pauses."""
-    monkeypatch.setenv("UPBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(ceilings, "_unkept", {})
     monkeypatch.setattr(ceilings.time, "sleep", lambda s: None)
     queue = {"copy": [], "mm": []}

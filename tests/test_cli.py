@@ -82,3 +82,13 @@ def test_env_and_help(run_cli):
         with pytest.raises(SystemExit) as e:
             run_cli(cmd, "--help")
         assert e.value.code == 0
+
+
+def test_param_sets_every_selected_operator_that_declares_it(run_cli):
+    code, out, err = run_cli("run", "--suite", "smoke", "--op", "nearest,sapa-b", "--dry-run", "--param", "d=4")
+    assert code == 0, err  # nearest has no d: it runs as it is, sapa-b gets d=4
+    lines = out.splitlines()
+    assert all("d=4" in ln for ln in lines if "sapa-b[" in ln) and any("sapa-b[" in ln for ln in lines)
+    assert any("nearest[" in ln for ln in lines) and not any("d=" in ln for ln in lines if "nearest[" in ln)
+    code, _, err = run_cli("run", "--suite", "smoke", "--dry-run", "--param", "zzz=1")
+    assert code == 2 and "--param zzz: no selected operator has this hyperparameter" in err

@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from upbench.metrics import markdown_table
+from upbench.metrics import markdown_table, metrics_table
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_results_doc_lists_every_column_as_declared():
-    assert markdown_table() in (ROOT / "docs" / "results.md").read_text()
+    doc = (ROOT / "docs" / "results.md").read_text()
+    assert markdown_table() in doc and metrics_table() in doc
 
 
 def test_readme_commands_are_what_ci_runs():
@@ -56,17 +57,18 @@ def test_runnable_doc_blocks_work(doc, lang, code, tmp_path):
         ns: dict = {}
         exec(compile(code, doc, "exec"), ns)
         from upbench import Operator
+        from upbench.accuracy import agreement_of
         from upbench.cases import Case
-        from upbench.runner import _agreement
-        from upbench.workload import prepare_stage
+        from upbench.prepare import Prepared, prepare_stage
+        from upbench.sweeps import Cell
 
         ops = [v for v in ns.values() if isinstance(v, Operator)]
         assert ops, "a runnable python block defines an operator"
         for op in ops:  # every impl of the example agrees with its own reference
             case = Case(op=op.name, C=4, H=5, hp=tuple(sorted(op.defaults().items())))
             for impl in op.impls:
-                stage = prepare_stage(op, impl, case)
-                assert _agreement(op, [stage], "fwd").ok, (op.name, impl.name)
+                prepared = Prepared(Cell(op.name, impl.name, (case,)), op, impl, [prepare_stage(op, impl, case)])
+                assert agreement_of(prepared).ok, (op.name, impl.name)
     elif lang == "toml" and doc == "suites.md":
         from upbench import sweeps
 

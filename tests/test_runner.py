@@ -5,12 +5,14 @@ import json
 import pandas as pd
 
 from upbench import results
+from upbench.metrics import NAMES
 
 
 def test_smoke_suite_end_to_end(run_cli, tmp_path):
     code, _, err = run_cli("run", "--suite", "smoke", "--out", tmp_path, "--no-progress")
     assert code == 0, err
     df, meta = results.load_run(tmp_path)
+    assert list(df.columns) == list(NAMES)  # every key of every row is a declared column
     assert set(df["status"]) == {"ok"}
     assert meta["status"] == "complete" and meta["env"]["torch"]
     assert meta["command"].startswith("upbench run --suite smoke")
@@ -31,10 +33,10 @@ def test_smoke_suite_end_to_end(run_cli, tmp_path):
     assert code == 0 and (tmp_path / "report.md").read_text() == report
 
 
-def _run(run_cli, tmp_path, impls, passes='["fwd"]', metrics='["accuracy"]', extra=""):
+def _run(run_cli, tmp_path, impls, passes='["fwd"]', metrics='["accuracy"]'):
     suite = tmp_path / "s.toml"
     suite.write_text(f'[suite]\nmetrics = {metrics}\npasses = {passes}\n[axes]\nC = 3\nH = [4, 5]\nW = 6\n'
-                     f'[[op]]\nname = "fake-scale"\nimpls = {json.dumps(impls)}\n{extra}')
+                     f'[[op]]\nname = "fake-scale"\nimpls = {json.dumps(impls)}\n')
     out = tmp_path / "r"
     code, _, err = run_cli("run", "--suite", suite, "--out", out, "--no-progress")
     df, _ = results.load_run(out)
@@ -74,3 +76,15 @@ def test_determinism_and_ideal_footprint(run_cli, tmp_path, fake_plugin):
     by = {r.impl: r for _, r in df[df["H"] == 4].iterrows()}
     assert by["good"]["bitwise_repeatable"] and not by["nondeterministic"]["bitwise_repeatable"]
     assert by["good"]["ideal_bytes"] == 3 * 8 * 12 * 4 and by["good"]["peak_over_ideal"] == 2.0
+
+
+def test_a_metric_returning_an_undeclared_column_fails_its_cell(run_cli, tmp_path, fake_plugin, monkeypatch):
+    from dataclasses import replace
+
+    from upbench import metrics, runner
+
+    bad = [replace(m, measure=lambda ctx: {"surprise": 1}) if m.name == "accuracy" else m for m in metrics.METRICS]
+    monkeypatch.setattr(runner, "METRICS", tuple(bad))
+    code, df = _run(run_cli, tmp_path, ["good"])
+    assert code == 1 and set(df["status"]) == {"failed"}
+    assert "undeclared column(s) ['surprise']" in df["reason"].iloc[0] and "surprise" not in df.columns

@@ -121,8 +121,10 @@ def test_unknown_names_in_selection():
         sweeps.expand(suite(BASE.replace('["lean"]', '["fast"]')))
     with pytest.raises(UsageError, match="no selected operator has this impl"):
         sweeps.expand(suite(BASE), only_impls=("zzz",))
-    with pytest.raises(UsageError, match="unknown hyperparameter"):
+    with pytest.raises(UsageError, match="--param bogus: no selected operator has this hyperparameter"):
         sweeps.expand(suite(BASE), params={"bogus": 1})
+    with pytest.raises(UsageError, match="operator sapa: unknown hyperparameter"):  # a suite's own [op.params]
+        sweeps.expand(suite(BASE.replace('impls = ["lean"]', 'impls = ["lean"]\nparams = { bogus = 1 }')))
 
 
 def test_builtin_suites_parse_and_expand():

@@ -86,11 +86,9 @@ def kernel_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("UPBENCH_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "upbench"
+    from .env import cache_root  # one cache root, one environment variable
+
+    return cache_root()
 
 
 def unavailable_reason() -> str | None:

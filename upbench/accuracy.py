@@ -8,10 +8,14 @@ and interior pixels are reported separately: a border-rule bug hides in a global
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .prepare import Prepared
 
 
 @dataclass(frozen=True)
@@ -23,9 +27,6 @@ class Agreement:
     interior_max_rel: float
     tol: float
     ok: bool
-
-    def as_dict(self) -> dict[str, float | bool]:
-        return asdict(self)
 
     @staticmethod
     def worst(items: list[Agreement]) -> Agreement:
@@ -57,3 +58,30 @@ def agreement(out: Tensor, ref: Tensor, border: Tensor, tol: float, channels_las
     ok = math.isfinite(max_rel) and max_rel <= tol
     return Agreement(max_abs, rel_rms, max_rel, _masked_max(err, mask) / scale, _masked_max(err, ~mask) / scale,
                      tol, ok)
+
+
+def agreement_of(p: Prepared) -> Agreement:
+    """The worst agreement over a prepared cell's stages and outputs (or, for a backward pass, gradients)."""
+    from .prepare import reference_outputs
+
+    op, pass_ = p.op, p.cell.case.pass_
+    results = []
+    for st in p.stages:
+        got, want = reference_outputs(op, st, pass_, st.case.seed() + 2)
+        tol = (op.tolerance if pass_ == "fwd" else op.bwd_tolerance)[st.case.dtype]
+        border = op.border_mask(st.case)
+        for a, b in zip(got, want, strict=True):
+            out_like = tuple(b.shape[-3:-1] if op.channels_last else b.shape[-2:]) == tuple(border.shape)
+            mask = border if out_like else torch.zeros(b.shape[-2:], dtype=torch.bool)
+            results.append(agreement(a, b, mask, tol, op.channels_last and out_like))
+    return Agreement.worst(results)
+
+
+def same_bits(a: object, b: object) -> bool:
+    """Two results equal bit for bit (NaNs included): the determinism metric."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(
+            torch.equal(a.detach().contiguous().view(torch.uint8), b.detach().contiguous().view(torch.uint8)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b, strict=True))
+    return a is None and b is None

@@ -1,4 +1,8 @@
-"""Axis values: parsing TOML values and CLI ``--set`` strings into typed tuples, in one place.
+"""The axes of a sweep, in one table, and the parsing of their values (TOML values and CLI ``--set``).
+
+Every axis — its name (as a suite key, a ``--set`` name and a results column), its type, its default, its
+choices, whether a model stage may set it, and what its column means — is declared once in :data:`TABLE`; cases,
+suites, the runner, reports and compare read it from here.
 
 TOML:  ``H = 64``, ``H = [32, 64]``, ``H = {pow2 = [16, 128]}``, ``K = {range = [1, 7, 2]}`` (inclusive).
 CLI:   ``--set H=32,64``, ``--set H=pow2:16..128``, ``--set K=1..7:2``, ``--set dtype=float32,float16``.
@@ -6,14 +10,59 @@ CLI:   ``--set H=32,64``, ``--set H=pow2:16..128``, ``--set K=1..7:2``, ``--set 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from .cases import AXES, DEVICES, DTYPES, INT_AXES, LAYOUTS, PASSES, THREAD_AXIS
+from .dtypes import DTYPES
 from .errors import UsageError
 
-CHOICES: dict[str, tuple[str, ...]] = {"dtype": tuple(DTYPES), "device": (*DEVICES, "auto"), "pass": PASSES,
-                                       "layout": LAYOUTS}
-POSITIVE = {"B", "C", "Cy", "H", "W", "s", "K", THREAD_AXIS}
+PASSES = ("fwd", "bwd", "fwd+bwd")
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    kind: type  # int or str
+    default: Any
+    description: str  # the results column's meaning (docs/results.md)
+    choices: tuple[str, ...] | None = None  # str axes
+    stage: bool = False  # a model suite's [[stage]] may set it
+    field: str = ""  # the Case attribute, when it differs from the name
+
+    @property
+    def attr(self) -> str:
+        return self.field or self.name
+
+
+# The order is the column order of results (after suite, cell_id, op, impl).
+TABLE: tuple[Axis, ...] = (
+    Axis("pass", str, "fwd", "`fwd` (inference, no autograd), `bwd` (backward only, graph built outside the "
+         "timer) or `fwd+bwd`", PASSES, field="pass_"),
+    Axis("B", int, 1, "batch size"),
+    Axis("C", int, 64, "channels of x (model suites: of the first stage)", stage=True),
+    Axis("Cy", int, None, "guidance / similarity channels; empty when the operator has none or Cy = C", stage=True),
+    Axis("H", int, 32, "low-res height", stage=True),
+    Axis("W", int, None, "low-res width; empty means W = H", stage=True),
+    Axis("s", int, 2, "upsampling scale", stage=True),
+    Axis("K", int, 5, "kernel size; empty when the operator has none", stage=True),
+    Axis("dtype", str, "float32", "input, parameter and output dtype", tuple(DTYPES)),
+    Axis("device", str, "cpu", "`cpu` or `cuda`", DEVICES),
+    Axis("threads", int, None, "requested torch CPU threads (empty: torch's default)"),
+)
+BY_NAME: dict[str, Axis] = {a.name: a for a in TABLE}
+AXES: tuple[str, ...] = tuple(a.name for a in TABLE)
+INT_AXES: tuple[str, ...] = tuple(a.name for a in TABLE if a.kind is int)
+STAGE_KEYS: tuple[str, ...] = tuple(a.name for a in TABLE if a.stage)
+DEFAULTS: dict[str, Any] = {a.name: a.default for a in TABLE}
+CHOICES: dict[str, tuple[str, ...]] = {a.name: a.choices for a in TABLE if a.choices}
+SIZE_AXES: tuple[str, ...] = ("H", "W")  # what a scaling fit varies; the other axes stay fixed
+SETTING_AXES: tuple[str, ...] = ("threads",)  # how the machine ran the cell, not the workload
+# Sweeps expand with the pass varying fastest: the passes of one workload run back to back.
+EXPANSION_ORDER: tuple[str, ...] = (*(a for a in AXES if a != "pass"), "pass")
+# Report tables show the workload first, then the pass and the settings.
+REPORT_AXES: tuple[str, ...] = (*(a for a in AXES if a != "pass" and a not in SETTING_AXES), "pass", *SETTING_AXES)
+CHOICES["device"] = (*DEVICES, "auto")  # resolved when the run starts
 
 
 def _pow2(lo: int, hi: int, where: str) -> list[int]:
@@ -64,10 +113,10 @@ def _is_int_pair(v: Any) -> bool:
 
 
 def _check_value(name: str, v: Any, where: str) -> Any:
-    if name in INT_AXES or name == THREAD_AXIS:
+    if name in INT_AXES:
         if isinstance(v, bool) or not isinstance(v, int):
             raise UsageError(where, f"{v!r} is not an integer")
-        if name in POSITIVE and v < 1:
+        if v < 1:
             raise UsageError(where, f"{v} must be ≥ 1")
         return v
     if not isinstance(v, str) or v not in CHOICES[name]:
@@ -83,7 +132,7 @@ def parse_set(spec: str) -> tuple[str, tuple[Any, ...]]:
     name, _, text = spec.partition("=")
     name = name.strip()
     _check_axis(name, where)
-    if name not in INT_AXES and name != THREAD_AXIS:
+    if name not in INT_AXES:
         return name, normalise(name, [t.strip() for t in text.split(",") if t.strip()], "--set")
     values: list[int] = []
     for tok in filter(None, (t.strip() for t in text.split(","))):

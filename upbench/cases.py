@@ -1,6 +1,6 @@
-"""A case: one point of a sweep, as a frozen, hashable value.
+"""A case: one point of a sweep, as a frozen, hashable value (its axes are declared in axes.py).
 
-The axes follow DESIGN.md §1. Axes an operator does not use (K for nearest, Cy for an unguided operator) are
+Axes an operator does not use (K for nearest, Cy for an unguided operator) are
 set to ``None`` by the runner, so one physical measurement is never repeated under different labels.
 """
 
@@ -8,26 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-PASSES = ("fwd", "bwd", "fwd+bwd")
-DEVICES = ("cpu", "cuda")
-DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-LAYOUTS = ("nchw",)
+from .axes import AXES, BY_NAME
+from .dtypes import DTYPES
 
-# Integer axes with their defaults; the order here is the column order of results.
-INT_AXES: dict[str, int | None] = {"B": 1, "C": 64, "Cy": None, "H": 32, "W": None, "s": 2, "K": 5}
-STR_AXES: dict[str, str] = {"dtype": "float32", "device": "cpu", "pass": "fwd", "layout": "nchw"}
-THREAD_AXIS = "threads"
-AXES: tuple[str, ...] = (*INT_AXES, *STR_AXES, THREAD_AXIS)
+# Earlier versions had a one-value ``layout`` axis; it stays in the hashed identity so cell ids and seeds of
+# runs made before it was dropped still match.
+_LEGACY_IDENTITY = {"layout": "nchw"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,6 @@ class Case:
     dtype: str = "float32"
     device: str = "cpu"
     pass_: str = "fwd"
-    layout: str = "nchw"
     threads: int | None = None
     hp: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
@@ -80,15 +70,16 @@ class Case:
 
     # -- identity -------------------------------------------------------------------------------------
     def axes(self) -> dict[str, Any]:
-        """Axis values as result columns (``pass`` spelled without the underscore)."""
-        d = asdict(self)
-        d["pass"] = d.pop("pass_")
-        d["hp"] = json.dumps(dict(self.hp), sort_keys=True)
-        return d
+        """Axis values as result columns, in the axes table's order, with ``op`` and ``hp``."""
+        return {"op": self.op, **{a: getattr(self, BY_NAME[a].attr) for a in AXES},
+                "hp": json.dumps(dict(self.hp), sort_keys=True)}
+
+    def _identity(self) -> dict[str, Any]:
+        return {**self.axes(), **_LEGACY_IDENTITY}
 
     def workload_key(self) -> str:
         """Everything that determines inputs and weights: impl- and pass-independent."""
-        d = self.axes()
+        d = self._identity()
         for k in ("pass", "threads"):
             d.pop(k)
         return json.dumps(d, sort_keys=True)
@@ -114,5 +105,5 @@ class Case:
 
 def cell_id(stages: tuple[Case, ...], impl: str) -> str:
     """Stable id of an impl on one case (or a model's stages): the same on every machine and run."""
-    d = {"impl": impl, "stages": [c.axes() for c in stages]}
+    d = {"impl": impl, "stages": [c._identity() for c in stages]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -15,7 +15,6 @@ and compare refuses to normalise by a calibration that was not steady.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import re
 import sys
@@ -37,8 +36,9 @@ TRIES = 2  # a busy probe is tried again once after a pause before it is used (n
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("UPBENCH_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "upbench")
-    return Path(root).expanduser()
+    from .env import cache_root
+
+    return cache_root()
 
 
 def copy_gbps(device: str, nbytes: int) -> float:
@@ -94,11 +94,9 @@ def _slug(text: str) -> str:
 
 
 def device_key(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    from .env import _cpu_model  # one reader of the CPU model
+    from .env import device_class  # one spelling of a device class
 
-    return f"{_cpu_model()} x{torch.get_num_threads()}threads"
+    return device_class(device)
 
 
 def _path(key: str) -> Path:

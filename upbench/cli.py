@@ -1,7 +1,8 @@
 """The ``upbench`` command: list, run, report, compare, merge, env.
 
 Exit codes: 0 every cell ok or skipped; 1 some cell failed or ran out of memory; 2 bad usage or input
-(one stderr line ``upbench: error: …``, nothing written); 130 interrupted (results so far are kept).
+(one stderr line ``upbench: error: …``, nothing written); 130 interrupted by Ctrl-C, 143 by SIGTERM (results
+so far are kept, with the report). This module only parses and prints: a run belongs to engine.py.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ import argparse
 import json
 import shlex
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import __version__, registry
 from .errors import UsageError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
     run = sub.add_parser("run", help="run a suite and write results + report.md into a run directory")
-    run.add_argument("--suite", required=True, help="built-in suite name (see `upbench list`) or a .toml path")
+    run.add_argument("--suite", help="built-in suite name (see `upbench list`) or a .toml path")
     run.add_argument("--op", action="append", default=[], metavar="NAME[,NAME]", help="only these operators")
     run.add_argument("--impl", action="append", default=[], metavar="NAME[,NAME]", help="only these impls")
     run.add_argument("--set", action="append", default=[], metavar="AXIS=VALUES", dest="sets",
@@ -55,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="run cells in this process (default) or as Ray tasks")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    run.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue an interrupted, killed or partly failed run in DIR with its own settings")
+    run.add_argument("--retry-failed", action="store_true", help="with --resume: also re-run failed cells")
 
     mrg = sub.add_parser("merge", help="merge the shards of one sweep into one run directory")
     mrg.add_argument("shards", type=Path, nargs="+", metavar="RUN")
@@ -127,156 +129,53 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _resolve_device(choice: str | None) -> str | None:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda", "no CUDA device here (torch.cuda.is_available() is False)",
-                         "use --device cpu or auto")
-    return choice
-
-
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    from dataclasses import replace
-
-    from . import execute, results, sweeps
-    from .axes import parse_param, parse_set
-    from .ceilings import calibrate, ceilings
-    from .env import fingerprint, local_device_class
+    from .engine import Engine, Request, default_run_dir, plan
     from .outdir import check_dir
-    from .runner import Options
-    from .timing import machine_load
 
-    suite = sweeps.load(args.suite)
-    overrides = dict(parse_set(s) for s in args.sets)
-    device = _resolve_device(args.device)
-    if device:
-        overrides["device"] = (device,)
-    if "cuda" in overrides.get("device", suite.axes.get("device", ())):
-        _resolve_device("cuda")
-        from .timing import check_cuda_timing_allowed
-        check_cuda_timing_allowed()
-    params = dict(parse_param(p) for p in args.param)
-    cells = sweeps.expand(suite, _split(args.op), _split(args.impl), overrides, params)
-    sweep_id = execute.fingerprint(cells)
-    shard_info = None
-    if args.shard:
-        index, count = execute.parse_shard(args.shard)
-        cells = execute.shard(cells, index, count)
-        shard_info = {"index": index, "count": count, "cells": [c.id for c in cells]}
-    stopping = replace(suite.timing, budget_s=args.budget) if args.budget is not None else suite.timing
-    if args.budget is not None and args.budget <= 0:
-        raise UsageError("--budget", f"{args.budget} must be > 0 seconds")
-    if args.save_baseline:
-        from .baselines import check_name
+    command = "upbench " + shlex.join(argv)
+    if args.resume:
+        given = [f for f in ("suite", "op", "impl", "sets", "param", "device", "budget", "shard", "out",
+                             "save_baseline") if getattr(args, f)]
+        if given:
+            raise UsageError("--resume", f"takes the run's own settings, not --{given[0].replace('_', '-')}",
+                             "give only --resume DIR (and --retry-failed, --no-progress)")
+        engine = Engine.resume(args.resume, command, retry_failed=args.retry_failed, progress=not args.no_progress)
+    else:
+        if not args.suite:
+            raise UsageError("run", "the following arguments are required: --suite", "or --resume DIR")
+        if args.retry_failed:
+            raise UsageError("--retry-failed", "only with --resume DIR")
+        if args.save_baseline:
+            from .baselines import check_name
 
-        check_name(args.save_baseline)
-    if args.executor == "ray":
-        execute._ray()  # not installed: say so now, before anything is written
-    if args.dry_run:
-        for c in cells:
-            print(f"{c.id}  {c.impl:<12} {' + '.join(s.label() for s in c.stages)}  {c.skip or 'run'}")
-        return EXIT_OK
-    stamp = datetime.now(UTC)
-    run_dir = args.out or Path("reports/runs") / f"{suite.name}-{stamp.strftime('%Y%m%d-%H%M%S')}"
-    check_dir(run_dir, f"--out {run_dir}")
-    if (run_dir / results.RESULTS_JSON).exists() and not args.force:
-        raise UsageError(f"--out {run_dir}", "already holds results", "choose another directory or add --force")
-    meta: dict[str, Any] = {
-        "suite": {"name": suite.name, "description": suite.description, "source": suite.source,
-                  "kind": suite.kind, "metrics": sorted(suite.metrics), "fingerprint": sweep_id},
-        "command": "upbench " + shlex.join(argv), "started": stamp.isoformat(timespec="seconds"),
-        "status": "running", "stopping": stopping.__dict__, "env": fingerprint(), "cells": len(cells),
-        "shard": shard_info, "executor": args.executor, "upbench": __version__,
-    }
-    meta["env"]["load"] = {"before": machine_load()}  # before any probe: what the neighbours were doing
-    calibration = None
-    if "latency" in suite.metrics:
-        devices = sorted({c.case.device for c in cells if not c.skip})
-        meta["calibration"] = {d: calibrate(d) for d in devices}
-        meta["ceilings"] = {f"{c.case.device}/{c.case.dtype}": ceilings(c.case.device, c.case.dtype)
-                            for c in cells if not c.skip}
-        if len(devices) == 1:
-            calibration = meta["calibration"][devices[0]]
-            calibration["score_ms"] = (calibration["copy_ms"] * calibration["matmul_ms"]) ** 0.5
-    opts = Options(suite.metrics, stopping, calibration)
-    instr = _count_instructions(cells) if "instructions" in suite.metrics else {}
-    done: dict[int, dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    bar = _progress(len(cells), args.no_progress)
-    stream = (execute.run_ray(suite, cells, opts, args.address) if args.executor == "ray"
-              else execute.run_local(suite, cells, opts))
-    classes: dict[str, str] = {}
-    try:
-        for i, row in stream:
-            dev = cells[i].case.device
-            threads = row.get("torch_threads")
-            row.setdefault("device_class", classes.setdefault(f"{dev}/{threads}", local_device_class(dev, threads)))
-            if row.get("status") == "ok":
-                row.update(instr.get(row["cell_id"], {}))
-            done[i] = row
-            meta["elapsed_s"] = time.perf_counter() - t0
-            results.write_run(run_dir, [done[k] for k in sorted(done)], meta)
-            bar.set_postfix_str(f"{cells[i].impl} {cells[i].case.label()}", refresh=False)
-            bar.update(1)
-        meta["status"] = "complete"
-    except KeyboardInterrupt:
-        meta["status"] = f"interrupted after {len(done)} of {len(cells)} cells"
-    finally:
-        bar.close()
-    rows = [done[k] for k in sorted(done)]
-    meta["env"]["load"]["after"] = machine_load()
-    meta["elapsed_s"] = time.perf_counter() - t0
-    results.write_run(run_dir, rows, meta)
-    _write_report([run_dir], None)
-    if args.save_baseline and meta["status"] == "complete":
-        from .baselines import save
-
-        print(f"upbench: baseline saved as {save(run_dir, args.save_baseline)}", file=sys.stderr)
-    bad = [r for r in rows if r["status"] in ("failed", "oom")]
-    print(f"upbench: {len(rows)} cells, {len(bad)} failed; results and report in {run_dir}", file=sys.stderr)
-    if meta["status"] != "complete":
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if bad else EXIT_OK
-
-
-def _count_instructions(cells: list[Any]) -> dict[str, dict[str, Any]]:
-    from .instructions import for_cells
-
-    n = sum(1 for c in cells if not c.skip and c.case.device == "cpu")
-    print(f"upbench: counting instructions of {n} cells under valgrind (about 20 s plus 1–10 s a cell)…",
-          file=sys.stderr)
-    return for_cells(cells)
-
-
-def _progress(total: int, disabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="cell", disable=disabled or not sys.stderr.isatty(), file=sys.stderr,
-                dynamic_ncols=True)
-
-
-def _write_report(paths: list[Path], out: Path | None) -> Path:
-    from .report import render
-    from .results import atomic_write, load_run
-
-    runs = [((p if p.is_dir() else p.parent).name, *load_run(p)) for p in paths]
-    if out is None:
-        if len(paths) > 1:
-            raise UsageError("report", "several runs make one report", "give --out FILE.md")
-        out = (paths[0] if paths[0].is_dir() else paths[0].parent) / "report.md"
-    atomic_write(out, render(runs, out))
-    return out
+            check_name(args.save_baseline)
+        p = plan(Request(args.suite, _split(args.op), _split(args.impl), tuple(args.sets), tuple(args.param),
+                         args.device, args.budget, args.shard, args.executor, args.address))
+        if args.dry_run:
+            for c in p.cells:
+                print(f"{c.id}  {c.impl:<12} {' + '.join(s.label() for s in c.stages)}  {c.skip or 'run'}")
+            return EXIT_OK
+        run_dir = args.out or default_run_dir(p.suite)
+        check_dir(run_dir, f"--out {run_dir}")  # a file, or not writable: refused before any probe or cell
+        engine = Engine(p, run_dir, command, force=args.force, progress=not args.no_progress,
+                        save_baseline=args.save_baseline)
+    out = engine.run()
+    if out.baseline:
+        print(f"upbench: baseline saved as {out.baseline}", file=sys.stderr)
+    print(f"upbench: {len(out.rows)} cells, {out.failed} failed{'' if out.status == 'complete' else ', ' + out.status}"
+          f"; results and report in {out.run_dir}", file=sys.stderr)
+    return out.exit_code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
     if args.out:
         from .outdir import check_file
 
         check_file(args.out, f"--out {args.out}")
-    print(_write_report(args.runs, args.out))
+    print(write_report(args.runs, args.out))
     return EXIT_OK
 
 
@@ -284,6 +183,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from . import baselines, compare
 
     thresholds = compare.load_thresholds(args.thresholds, args.threshold)
+    instr_t = compare.INSTR_THRESHOLD if args.instr_threshold is None else args.instr_threshold
+    if not 0 < instr_t < 10:
+        raise UsageError("--instr-threshold", f"{instr_t} is not a fraction > 0", "e.g. --instr-threshold 0.02")
     if args.out:
         from .outdir import check_file
 
@@ -295,9 +197,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise
         print(f"upbench: no gate: {exc}", file=sys.stderr)
         return EXIT_OK
-    instr_t = compare.INSTR_THRESHOLD if args.instr_threshold is None else args.instr_threshold
-    if not 0 < instr_t < 10:
-        raise UsageError("--instr-threshold", f"{instr_t} is not a fraction > 0", "e.g. --instr-threshold 0.02")
     df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device, instr_t,
                          args.allow_disjoint)
     text = compare.markdown(df, base, args.new, args.normalise)
@@ -312,11 +211,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge
     from .outdir import check_dir
+    from .report import write_report
 
     check_dir(args.out, f"--out {args.out}")
     code = merge(args.shards, args.out, args.force)
     if code == EXIT_OK:
-        _write_report([args.out], None)
+        write_report([args.out], None)
     return code
 
 
@@ -333,26 +233,36 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .engine import exit_code_of, signals
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _parser().parse_args(argv)
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "run":
-            return cmd_run(args, argv)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "compare":
-            return cmd_compare(args)
-        if args.command == "merge":
-            return cmd_merge(args)
-        return cmd_env(args)
+        with signals():
+            return _dispatch(argv)
     except UsageError as exc:
         print(f"upbench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # before the first cell (start-up, calibration): nothing was written
+        print("upbench: interrupted", file=sys.stderr)
+        return exit_code_of(exc)
     except BrokenPipeError:  # `upbench list | head`
         sys.stderr.close()
         return EXIT_OK
+
+
+def _dispatch(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return cmd_list(args)
+    if args.command == "run":
+        return cmd_run(args, argv)
+    if args.command == "report":
+        return cmd_report(args)
+    if args.command == "compare":
+        return cmd_compare(args)
+    if args.command == "merge":
+        return cmd_merge(args)
+    return cmd_env(args)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from .axes import REPORT_AXES, SETTING_AXES
 from .errors import UsageError
 from .results import device_classes, load_run
 
@@ -181,7 +182,7 @@ def _label(r: pd.Series) -> str:
     def plain(v: Any) -> Any:  # axis values read back from JSON/CSV may be floats: K=5, not K=5.0
         return int(v) if isinstance(v, float) and v.is_integer() else v
 
-    parts = [f"{k}={plain(r[k])}" for k in ("B", "C", "Cy", "H", "W", "K", "s", "dtype", "device")
+    parts = [f"{k}={plain(r[k])}" for k in REPORT_AXES if k != "pass" and k not in SETTING_AXES
              if k in r and r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
     if isinstance(r.get("stages"), str) and r["stages"]:
         parts.append(f"stages={r['stages']}")
@@ -224,6 +225,9 @@ def compare(base_path: str, new_path: str, thresholds: Thresholds, normalise: bo
                               lambda row, meta: _samples(row, _scale(meta, row["device"], normalise,
                                                                      "BASE" if meta is bmeta else "NEW")),
                               bmeta, nmeta))
+        changed = _code_changed(rb, rn)
+        if changed:
+            rec["note"] = "; ".join(filter(None, [rec.get("note"), changed]))
         out.append(rec)
     df = pd.DataFrame(out)
     df.attrs["notes"] = notes
@@ -267,6 +271,16 @@ def _judge(rb: pd.Series, rn: pd.Series, t: float, instr_t: float,
         rec["note"] = (f"would be {v}, but {' and '.join(contended)} timing was contended (most samples "
                        "preempted): re-run on a quiet machine or count instructions")
     return rec
+
+
+def _code_changed(rb: pd.Series | None, rn: pd.Series | None) -> str | None:
+    """A note when the two sides ran different code for this impl (its source closure's hash differs)."""
+    if rb is None or rn is None:
+        return None
+    hb, hn = rb.get("impl_hash"), rn.get("impl_hash")
+    if isinstance(hb, str) and isinstance(hn, str) and hb != hn:
+        return f"code changed: impl_hash {hb} → {hn}"
+    return None
 
 
 def _truthy(v: Any) -> bool:

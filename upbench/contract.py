@@ -27,7 +27,7 @@ def check_output(out: object, impl: str) -> None:
 
 
 def check_stages(stages: list, impl: str) -> None:
-    """One forward call per stage (``workload.Stage``), outside every timer; raises ContractError."""
+    """One forward call per stage (``prepare.Stage``), outside every timer; raises ContractError."""
     with torch.no_grad():
         for st in stages:
             check_output(st.fn(*st.inputs.values()), impl)

@@ -19,6 +19,18 @@ import torch
 from . import __version__
 from ._nvml import gpu_info
 
+CACHE_ENV = "UPBENCH_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """The one cache directory (probed ceilings, compiled CPU kernels): ``$UPBENCH_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/upbench``, else ``~/.cache/upbench``."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "upbench"
+
 
 def _cpu_model() -> str:
     try:
@@ -88,17 +100,18 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
-def device_class(env: dict[str, Any], device: str) -> str:
-    """What makes timings comparable: the GPU's name, or the CPU model with its thread count."""
+def device_class(device: str, env: dict[str, Any] | None = None, threads: int | None = None) -> str:
+    """What makes timings comparable: the GPU's name, or "<CPU model> / <N> threads".
+
+    From a stored fingerprint ``env`` (an old run without per-row classes), else from this process; ``threads``:
+    the torch threads a row ran with (a one-thread suite's rows are a one-thread class), else this process's.
+    The one spelling of a device class: baselines, compare, reports and the ceilings cache all use it.
+    """
+    if env is None:
+        if device == "cuda":
+            return torch.cuda.get_device_name()
+        return f"{_cpu_model()} / {threads or torch.get_num_threads()} threads"
     gpus = env.get("gpu", {}).get("devices") or []
     if device == "cuda" and gpus:
         return gpus[0]["name"]
     return f"{env.get('cpu_model')} / {env.get('torch_threads')} threads"
-
-
-def local_device_class(device: str, threads: int | None = None) -> str:
-    """This process's device class, the same string as :func:`device_class` gives for its fingerprint;
-    ``threads``: the torch threads the row ran with (a one-thread suite is a one-thread class)."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{_cpu_model()} / {threads or torch.get_num_threads()} threads"

@@ -17,7 +17,3 @@ class UsageError(Exception):
         if fix:
             msg += f"; {fix}"
         super().__init__(msg)
-
-
-class ParamError(UsageError):
-    """An operator hyperparameter or case axis that the operator cannot accept."""

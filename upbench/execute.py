@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import UsageError
-from .runner import Options, run_cell
-from .sweeps import Cell, Suite
+from .metrics import Options
+from .runner import run_cell
+from .sweeps import Cell
 
 Row = dict[str, Any]
 
@@ -37,9 +38,13 @@ def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
     return cells[index::count]
 
 
-def run_local(suite: Suite, cells: list[Cell], opts: Options) -> Iterator[tuple[int, Row]]:
+def run_local(cells: list[Cell], opts: Options,
+              on_start: Callable[[int], None] | None = None) -> Iterator[tuple[int, Row]]:
+    """Cells one after another in this process; ``on_start(i)`` before each (the progress display)."""
     for i, cell in enumerate(cells):
-        yield i, run_cell(suite, cell, opts)
+        if on_start:
+            on_start(i)
+        yield i, run_cell(cell, opts)
 
 
 def _ray() -> Any:
@@ -57,8 +62,8 @@ def _resources(cell: Cell) -> dict[str, float]:
     return {"num_cpus": threads}
 
 
-def run_ray(suite: Suite, cells: list[Cell], opts: Options, address: str | None,
-            on_start: Callable[[], None] | None = None) -> Iterator[tuple[int, Row]]:
+def run_ray(cells: list[Cell], opts: Options, address: str | None,
+            on_start: Callable[[int], None] | None = None) -> Iterator[tuple[int, Row]]:
     """Cells as Ray tasks; rows stream back as tasks finish. A lost or crashed task is retried once, then
     recorded as failed — the sweep never loses a cell silently."""
     ray = _ray()
@@ -69,24 +74,24 @@ def run_ray(suite: Suite, cells: list[Cell], opts: Options, address: str | None,
                      ignore_reinit_error=True)
         except Exception as exc:  # ConnectionError and Ray's own errors: an unreachable cluster is user input
             raise UsageError(f"--address {address or 'auto'}", f"cannot reach a Ray cluster ({exc})") from None
-    if on_start:
-        on_start()
     remote = ray.remote(max_retries=1, retry_exceptions=False)(_run_cell_task)
     pending: dict[Any, int] = {}
     for i, cell in enumerate(cells):
         if cell.skip:  # nothing to run: no task
-            yield i, run_cell(suite, cell, opts)
+            yield i, run_cell(cell, opts)
             continue
-        pending[remote.options(**_resources(cell)).remote(suite, cell, opts)] = i
+        pending[remote.options(**_resources(cell)).remote(cell, opts)] = i
     try:
         while pending:
+            if on_start:
+                on_start(min(pending.values()))  # the oldest task still out: the one most worth naming
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
             i = pending.pop(ref)
             try:
                 yield i, ray.get(ref)
             except Exception as exc:  # the task was lost twice (worker crash, node loss)
-                row = run_cell(suite, _as_failed(cells[i]), opts)
+                row = run_cell(_as_failed(cells[i]), opts)
                 row.update(status="failed", reason=f"ray task lost: {type(exc).__name__}: "
                                                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
                 yield i, row
@@ -101,9 +106,10 @@ def _as_failed(cell: Cell) -> Cell:
     return Cell(cell.op, cell.impl, cell.stages, "lost", cell.id)
 
 
-def _run_cell_task(suite: Suite, cell: Cell, opts: Options) -> Row:
-    from .env import local_device_class
+def _run_cell_task(cell: Cell, opts: Options) -> Row:
+    from .env import device_class
 
-    row = run_cell(suite, cell, opts)
-    row["device_class"] = local_device_class(cell.case.device)  # the worker's device, not the driver's
+    row = run_cell(cell, opts)
+    # the worker's device, not the driver's; the threads the row ran with
+    row["device_class"] = device_class(cell.case.device, threads=row.get("torch_threads"))
     return row

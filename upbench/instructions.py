@@ -142,9 +142,9 @@ def _child(tmp: str) -> None:
     """Inside valgrind: prepare each cell natively, count its calls with instrumentation on."""
     import torch
 
-    from . import registry
     from .cases import Case
-    from .workload import make_callable, prepare_stage
+    from .prepare import prepare
+    from .sweeps import Cell
 
     t = Path(tmp)
     job = json.loads((t / "spec.json").read_text())
@@ -157,12 +157,10 @@ def _child(tmp: str) -> None:
 
     for c in job["cells"]:
         try:
-            stages = [Case(**{**s, "hp": tuple(tuple(kv) for kv in s["hp"])}) for s in c["stages"]]
-            op = registry.get(c["op"])
-            impl = op.impl(c["impl"])
+            stages = tuple(Case(**{**s, "hp": tuple(tuple(kv) for kv in s["hp"])}) for s in c["stages"])
             if stages[0].threads:
                 torch.set_num_threads(stages[0].threads)
-            fn = make_callable([prepare_stage(op, impl, s) for s in stages], stages[0].pass_, c["op"], c["impl"])
+            fn = prepare(Cell(c["op"], c["impl"], stages, None, c["id"])).fn
             fn()
             req(_START)
             fn()  # translated once under instrumentation before counting

@@ -1,6 +1,7 @@
 """``upbench merge``: join the shards of one sweep into one run directory that report and compare accept.
 
-Refused (exit 2) when the shards come from different suites, axis values or upbench versions; reported
+Refused (exit 2) when the shards come from different suites, axis values, upbench versions or code (an
+impl's hash differs between shards); reported
 (exit 1, nothing written) when a shard or a cell is missing or a cell appears twice.
 """
 
@@ -41,6 +42,7 @@ def merge(paths: list[Path], out: Path, force: bool = False) -> int:
         problems.append(f"missing shard(s) {missing_shards} of {count}")
     if dup_shards:
         problems.append(f"shard(s) {dup_shards} given twice")
+    _refuse_mixed_code(loaded)
     rows: list[dict[str, Any]] = []
     owner: dict[str, Path] = {}
     for p, df, meta in loaded:
@@ -67,9 +69,26 @@ def merge(paths: list[Path], out: Path, force: bool = False) -> int:
                 command=" ; ".join(m.get("command", "?") for _, _, m in loaded))
     order = {cid: i for i, cid in enumerate(sorted(owner, key=lambda c: _position(c, loaded)))}
     rows.sort(key=lambda r: order[r["cell_id"]])
+    meta["cell_ids"] = [r["cell_id"] for r in rows]  # the whole sweep's, not the first shard's
+    meta.pop("request", None)  # each shard's own settings stay under "shards"; a merge is not resumable
     write_run(out, rows, meta)
     print(f"upbench: merged {len(loaded)} shards, {len(rows)} cells into {out}", file=sys.stderr)
     return 0
+
+
+def _refuse_mixed_code(loaded: list[tuple[Path, Any, dict[str, Any]]]) -> None:
+    """Shards of one sweep must have run the same code: one impl hash per op/impl across every shard."""
+    seen: dict[tuple[str, str], tuple[str, Path]] = {}
+    for p, df, _ in loaded:
+        if "impl_hash" not in df:
+            continue
+        for op, impl, h in zip(df["op"], df["impl"], df["impl_hash"], strict=True):
+            if not isinstance(h, str):
+                continue
+            first = seen.setdefault((op, impl), (h, p))
+            if first[0] != h:
+                raise UsageError(f"merge {p}", f"{op}/{impl} ran code {h} but {first[1]} ran {first[0]}",
+                                 "re-run the shards from one checkout")
 
 
 def _position(cid: str, loaded: list[tuple[Path, Any, dict[str, Any]]]) -> int:

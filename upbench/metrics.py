@@ -1,19 +1,32 @@
-"""Every results column, declared once: name (with its unit), unit, group, and how it is measured.
+"""Every results column and every metric, declared once.
 
-The runner fills rows with these names, results.py orders columns by this list, and docs/results.md is
-checked against it by the tests, so the three cannot drift apart.
+A :class:`Column` is a name (with its unit), a unit, the group that owns it and what it means. A
+:class:`Metric` is a group of columns with how they are measured and on which devices. The runner iterates
+:data:`METRICS` and refuses a key its metric did not declare; results.py orders columns by :data:`NAMES`;
+docs/results.md is checked against :func:`markdown_table` by the tests — so the four cannot drift apart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .axes import SETTING_AXES
+from .axes import TABLE as AXIS_TABLE
+
+if TYPE_CHECKING:
+    from .prepare import Prepared
+    from .sweeps import Cell
+    from .timing import Stopping
 
 
 @dataclass(frozen=True)
 class Column:
     name: str
     unit: str
-    group: str  # identity | status | latency | memory | counts | accuracy
+    group: str  # identity | status (filled by the runner) | the name of the metric that measures it
     description: str
 
 
@@ -22,26 +35,16 @@ COLUMNS: tuple[Column, ...] = (
     Column("cell_id", "", "identity", "stable hash of op, impl and every axis: the same on every machine and run"),
     Column("op", "", "identity", "operator name (entry point in `upbench.operators`)"),
     Column("impl", "", "identity", "implementation name"),
-    Column("pass", "", "identity", "`fwd` (inference, no autograd), `bwd` (backward only, graph built outside the "
-           "timer) or `fwd+bwd`"),
-    Column("B", "", "identity", "batch size"),
-    Column("C", "", "identity", "channels of x (model suites: of the first stage)"),
-    Column("Cy", "", "identity", "guidance / similarity channels; empty when the operator has none or Cy = C"),
-    Column("H", "", "identity", "low-res height"),
-    Column("W", "", "identity", "low-res width; empty means W = H"),
-    Column("s", "", "identity", "upsampling scale"),
-    Column("K", "", "identity", "kernel size; empty when the operator has none"),
-    Column("dtype", "", "identity", "input, parameter and output dtype"),
-    Column("device", "", "identity", "`cpu` or `cuda`"),
-    Column("layout", "", "identity", "memory layout of x and y"),
+    *(Column(a.name, "", "identity", a.description) for a in AXIS_TABLE if a.name not in SETTING_AXES),
     Column("device_class", "", "identity", "what timings are comparable within: the GPU's name, or the CPU "
            "model and torch thread count, of the machine that ran the row"),
-    Column("threads", "", "identity", "requested torch CPU threads (empty: torch's default)"),
+    *(Column(a.name, "", "identity", a.description) for a in AXIS_TABLE if a.name in SETTING_AXES),
     Column("hp", "", "identity", "operator hyperparameters as JSON"),
     Column("stages", "", "identity", "model suites: the stages run one after another, as CxHxW list"),
     Column("status", "", "status", "`ok`, `skipped`, `failed` or `oom`"),
     Column("reason", "", "status", "why a cell was skipped or failed (invalid, filtered, unsupported, the error)"),
-    Column("impl_hash", "", "status", "hash of the operator's and impl's source files (Python and .cu)"),
+    Column("impl_hash", "", "status", "hash of the impl's whole source closure: the operator's module, the impl's "
+           "module and every kernel source it compiles, and the impl's name"),
     Column("torch_threads", "", "status", "torch.get_num_threads() while the cell ran"),
     Column("latency_median_ms", "ms", "latency", "median per-call time over the samples"),
     Column("latency_iqr_ms", "ms", "latency", "inter-quartile range of the per-call sample times"),
@@ -67,11 +70,11 @@ COLUMNS: tuple[Column, ...] = (
            "large output is faulted in on every call)"),
     Column("thp_mem_alloc", "", "latency", "CPU: the THP_MEM_ALLOC_ENABLE setting of torch's allocator "
            "(`1`: 2 MiB-aligned blocks, far fewer faults) or `unset`"),
-    Column("instructions_per_call", "", "latency", "CPU: retired instructions per call (valgrind callgrind, "
+    Column("instructions_per_call", "", "instructions", "CPU: retired instructions per call (valgrind callgrind, "
            "median of samples): unchanged by load; `compare` gates on it when both sides have it"),
-    Column("instructions_samples", "", "latency", "CPU: instructions per call of every sample, JSON list"),
-    Column("instructions_tool", "", "latency", "what counted them (callgrind and its version)"),
-    Column("instructions_reason", "", "latency", "why instructions were not counted (valgrind missing, CUDA row, "
+    Column("instructions_samples", "", "instructions", "CPU: instructions per call of every sample, JSON list"),
+    Column("instructions_tool", "", "instructions", "what counted them (callgrind and its version)"),
+    Column("instructions_reason", "", "instructions", "why instructions were not counted (valgrind missing, CUDA row, "
            "the impl failed under valgrind)"),
     Column("throttled", "", "latency", "CUDA: the GPU reported power/thermal clock events or violation time "
            "during the latency pass (NVML before and after); empty on the CPU"),
@@ -89,15 +92,15 @@ COLUMNS: tuple[Column, ...] = (
            "operator's backward formula"),
     Column("flops", "FLOP", "counts", "2 × macs"),
     Column("min_bytes", "B", "counts", "bytes an ideal forward must move: inputs read once, output written once"),
-    Column("gflops_per_s", "GFLOP/s", "counts", "flops / median latency"),
-    Column("gbytes_per_s", "GB/s", "counts", "min_bytes / median latency (forward passes only)"),
-    Column("pct_compute_roof", "%", "counts", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
-    Column("pct_bw_roof", "%", "counts", "gbytes_per_s / the device's probed copy bandwidth"),
-    Column("roof_key", "", "counts", "which ceilings the roof shares used: machine, device, torch, dtype "
+    Column("gflops_per_s", "GFLOP/s", "roofline", "flops / median latency"),
+    Column("gbytes_per_s", "GB/s", "roofline", "min_bytes / median latency (forward passes only)"),
+    Column("pct_compute_roof", "%", "roofline", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
+    Column("pct_bw_roof", "%", "roofline", "gbytes_per_s / the device's probed copy bandwidth"),
+    Column("roof_key", "", "roofline", "which ceilings the roof shares used: machine, device, torch, dtype "
            "(`not kept: …` when they were probed under load for this run only)"),
-    Column("roof_probed_at", "", "counts", "when those ceilings were probed (UTC); a row above 100 % of a roof "
+    Column("roof_probed_at", "", "roofline", "when those ceilings were probed (UTC); a row above 100 % of a roof "
            "makes upbench probe again before it is reported"),
-    Column("bitwise_repeatable", "", "accuracy", "two runs of the call gave bit-identical results (outputs or "
+    Column("bitwise_repeatable", "", "determinism", "two runs of the call gave bit-identical results (outputs or "
            "gradients): the determinism metric"),
     Column("err_max_abs", "", "accuracy", "max |impl − float64 reference| (bwd: over every gradient)"),
     Column("err_rel_rms", "", "accuracy", "RMS(error) / RMS(reference)"),
@@ -109,7 +112,153 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
-BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+RUNNER_GROUPS = ("identity", "status")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a run measures, the same for every cell: picklable, so Ray tasks receive it whole."""
+
+    suite: str
+    metrics: frozenset[str]
+    stopping: Stopping
+    calibration: dict[str, float] | None = None  # this run's calibrate() result, with "score_ms"
+    # instruction columns per cell id, counted by the engine under valgrind before the cell loop
+    instructions: dict[str, dict[str, Any]] | None = None
+
+
+@dataclass
+class Context:
+    """What a metric's ``measure`` sees: the cell, the run's options, the row so far, the prepared cell."""
+
+    cell: Cell
+    options: Options
+    row: dict[str, Any]
+    prepared: Prepared | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its columns (those whose group is ``name``), how it is measured, where it applies.
+
+    ``selectable`` metrics are named in a suite's ``metrics``; the others always run when they apply.
+    ``needs_run`` metrics run only on a cell that runs (after :func:`upbench.prepare.prepare`).
+    """
+
+    name: str
+    how: str
+    measure: Callable[[Context], dict[str, Any]]
+    selectable: bool = True
+    needs_run: bool = True
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    requires: tuple[str, ...] = field(default=())  # keys of the row that must be present
+    by_default: bool = True  # a selectable metric run by a suite that lists no ``metrics``
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return tuple(c for c in COLUMNS if c.group == self.name)
+
+    def applies(self, ctx: Context) -> bool:
+        return ((not self.selectable or self.name in ctx.options.metrics)
+                and ctx.cell.case.device in self.devices
+                and all(ctx.row.get(k) for k in self.requires))
+
+
+# -- how each metric is measured ------------------------------------------------------------------------------
+def _counts(ctx: Context) -> dict[str, Any]:
+    from . import registry
+
+    op, stages, pass_ = registry.get(ctx.cell.op), ctx.cell.stages, ctx.cell.case.pass_
+    fwd = sum(op.macs(c) for c in stages)
+    bwd = sum(op.bwd_macs(c) for c in stages)
+    macs = {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_]
+    return {"params": sum(op.params(c) for c in stages), "macs": macs, "flops": 2 * macs,
+            "min_bytes": sum(op.min_bytes(c) for c in stages)}
+
+
+def _accuracy(ctx: Context) -> dict[str, Any]:
+    from .accuracy import agreement_of
+
+    a = agreement_of(ctx.prepared)
+    return {"err_max_abs": a.max_abs, "err_rel_rms": a.rel_rms, "err_max_rel": a.max_rel,
+            "err_border_max_rel": a.border_max_rel, "err_interior_max_rel": a.interior_max_rel,
+            "err_tol": a.tol, "agree": a.ok}
+
+
+def _latency(ctx: Context) -> dict[str, Any]:
+    from . import timing
+    from ._nvml import throttle_events, throttle_snapshot
+
+    device, st = ctx.cell.case.device, ctx.options.stopping
+    fn = ctx.prepared.fn
+    before = throttle_snapshot(device)
+    lat = timing.time_fn(fn, device, st)
+    out = throttle_events(before, throttle_snapshot(device))
+    out.update(latency_median_ms=lat.median * 1e3, latency_iqr_ms=lat.iqr * 1e3, latency_min_ms=lat.min * 1e3,
+               latency_rel_iqr=lat.rel_iqr, latency_n=len(lat.samples), latency_inner=lat.inner,
+               latency_stop=lat.stop, latency_noise=lat.verdict(st.target_rel_iqr), latency_mode=lat.mode,
+               latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
+    out.update(timing.contention_columns(lat, device))
+    if ctx.options.calibration:
+        out["latency_norm"] = out["latency_median_ms"] / ctx.options.calibration["score_ms"]
+    return out
+
+
+def _memory(ctx: Context) -> dict[str, Any]:
+    from . import memory
+
+    fn, device = ctx.prepared.fn, ctx.cell.case.device
+    out: dict[str, Any] = {"ideal_bytes": memory.result_bytes(fn())}  # also the warm call
+    out["peak_mem_bytes"] = memory.peak(fn, device)
+    out["peak_over_ideal"] = out["peak_mem_bytes"] / out["ideal_bytes"] if out["ideal_bytes"] else None
+    if device == "cpu":
+        out["vm_hwm_delta_bytes"] = memory.hwm_delta_cpu(fn)
+    return out
+
+
+def _determinism(ctx: Context) -> dict[str, Any]:
+    from .accuracy import same_bits
+
+    fn = ctx.prepared.fn
+    return {"bitwise_repeatable": same_bits(fn(), fn())}
+
+
+def _roofline(ctx: Context) -> dict[str, Any]:
+    from .ceilings import roof_columns
+
+    case = ctx.cell.case
+    return roof_columns(ctx.row, case.device, case.dtype, case.pass_)  # re-probes above 100 % of a roof
+
+
+def _instructions(ctx: Context) -> dict[str, Any]:
+    # Counted for every cell of the run in one valgrind child before the cell loop (upbench.instructions);
+    # this metric only files the cell's counts (or the reason there are none) under its declaration.
+    counted = ctx.options.instructions or {}
+    return counted.get(ctx.cell.id, {"instructions_reason": "not counted"})
+
+
+# In the order they run: counts for every row (skipped ones too); agreement before the callable is built;
+# each measured metric in its own pass; the roofline from what latency and counts left in the row; the
+# instruction counts (taken before the cell loop) last, so a cell that fails a metric does not get them.
+METRICS: tuple[Metric, ...] = (
+    Metric("counts", "the operator's analytic formulas, summed over stages", _counts, selectable=False,
+           needs_run=False),
+    Metric("accuracy", "impl vs the float64 reference on the same inputs and weights", _accuracy),
+    Metric("latency", "median of timed samples (the stopping rule above); NVML throttle events on CUDA", _latency),
+    Metric("memory", "the allocator's peak, in its own pass", _memory),
+    Metric("determinism", "two calls compared bit for bit", _determinism),
+    Metric("roofline", "counts / median latency over the device's probed ceilings", _roofline,
+           selectable=False, requires=("latency_median_ms",)),
+    Metric("instructions", "valgrind callgrind: retired instructions per call, every runnable CPU cell counted "
+           "in one child process before the cell loop", _instructions, by_default=False),
+)
+SELECTABLE: tuple[str, ...] = tuple(m.name for m in METRICS if m.selectable)
+DEFAULT: tuple[str, ...] = tuple(m.name for m in METRICS if m.selectable and m.by_default)
+
+
+def metric(name: str) -> Metric:
+    """The declaration of metric ``name`` (for callers outside the runner: the pytest-benchmark plugin)."""
+    return next(m for m in METRICS if m.name == name)
 
 
 def markdown_table() -> str:
@@ -119,5 +268,16 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
+def metrics_table() -> str:
+    """The metric reference of docs/results.md: each declared metric, when it runs, how it is measured."""
+    lines = ["| metric | runs | devices | how | columns |", "|---|---|---|---|---|"]
+    for m in METRICS:
+        runs = ("when the suite lists it" + ("" if m.by_default else " (not by default)") if m.selectable
+                else "always" if not m.requires else "after latency")
+        cols = ", ".join(f"`{c.name}`" for c in m.columns)
+        lines.append(f"| {m.name} | {runs} | {', '.join(m.devices)} | {m.how} | {cols} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    print(metrics_table() + "\n\n" + markdown_table())

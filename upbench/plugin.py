@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .cases import DTYPES, Case
+from .cases import Case
+from .dtypes import DEFAULT_BWD_TOLERANCE, DEFAULT_TOLERANCE, DTYPES
 
 # A factory receives the case and the operator's module (already cast to the case's dtype and device, or
 # None for parameter-free operators) and returns the callable to measure: ``fn(*inputs) -> Tensor``.
@@ -73,26 +74,6 @@ class Impl:
         if case.pass_ != "fwd" and not self.backward:
             return f"impl {self.name} is forward-only"
         return self.unavailable(case.device) or self.supports(case)
-
-
-# Agreement tolerance: max |impl − reference| over the reference's RMS, per dtype. Relative to the RMS so
-# near-zero outputs cannot pass on an absolute tolerance; loose enough for fp32 accumulation of K²·C terms.
-DEFAULT_TOLERANCE: dict[str, float] = {
-    "float64": 1e-9,
-    "float32": 1e-4,
-    "float16": 1e-2,
-    "bfloat16": 6e-2,
-}
-
-
-# Gradients pass through the softmax, norms and gathers in the working dtype, so half-precision backward
-# errors are several times the forward's; the bound is on the same max |error| / RMS(reference) scale.
-DEFAULT_BWD_TOLERANCE: dict[str, float] = {
-    "float64": 1e-8,
-    "float32": 1e-3,
-    "float16": 5e-2,
-    "bfloat16": 0.25,
-}
 
 
 class Operator:
@@ -171,18 +152,26 @@ class Operator:
         m = self.module(case)
         return 0 if m is None else sum(p.numel() for p in m.parameters())
 
-    def macs(self, case: Case) -> int:
-        """Forward multiply-accumulates by the convention of DESIGN.md §6."""
+    def params_formula(self, case: Case) -> int:
+        """Learned parameters by formula (the tests hold it equal to :meth:`params`); 0 when parameter-free."""
+        return 0
+
+    def mac_terms(self, case: Case) -> dict[str, int]:
+        """Forward multiply-accumulates by named term (docs/operators.md's convention)."""
         raise NotImplementedError
+
+    def macs(self, case: Case) -> int:
+        """Forward multiply-accumulates: the sum of :meth:`mac_terms` unless an operator says otherwise."""
+        return sum(self.mac_terms(case).values())
 
     def bwd_macs(self, case: Case) -> int:
         """Backward MACs: by default 2× forward (one product for each operand's gradient)."""
         return 2 * self.macs(case)
 
     def min_bytes(self, case: Case) -> int:
-        """Bytes an ideal forward must move: read every input once, write the output once."""
+        """Bytes an ideal forward must move: read every input and parameter once, write the output once."""
         oh, ow = case.out_hw
         n = case.B * case.C * case.H * case.w + case.B * case.C * oh * ow
         if self.guided:
             n += case.B * case.cy * oh * ow
-        return n * torch.empty((), dtype=case.torch_dtype).element_size()
+        return (n + self.params_formula(case)) * case.torch_dtype.itemsize

@@ -40,19 +40,20 @@ def upbench_benchmark(benchmark: Any) -> Callable[[Any], Any]:
     """
 
     def run(cell: Any) -> Any:
-        from . import registry
-        from .runner import _agreement, counts, impl_hash
-        from .workload import make_callable, prepare_stage
+        from .metrics import Context, Options, metric
+        from .prepare import prepare
+        from .runner import identity
+        from .timing import Stopping
 
-        op = registry.get(cell.op)
-        impl = op.impl(cell.impl)
-        stages = [prepare_stage(op, impl, c) for c in cell.stages]
-        agree = _agreement(op, stages, cell.case.pass_)
-        benchmark.extra_info.update(counts(op, cell.stages, cell.case.pass_))
+        ctx = Context(cell, Options("", frozenset({"accuracy"}), Stopping()), {})
+        ctx.prepared = prepare(cell)  # the one way a cell is prepared, as in `upbench run`
+        ids = identity("", cell)
+        benchmark.extra_info.update(metric("counts").measure(ctx))
+        agree = metric("accuracy").measure(ctx)
         benchmark.extra_info.update(upbench_cell_id=cell.id, op=cell.op, impl=cell.impl,
-                                    case=cell.case.label(), impl_hash=impl_hash(cell.op, cell.impl),
-                                    err_max_rel=agree.max_rel, agree=agree.ok)
-        fn = make_callable(stages, cell.case.pass_, cell.op, cell.impl)
+                                    case=cell.case.label(), impl_hash=ids["impl_hash"],
+                                    err_max_rel=agree["err_max_rel"], agree=agree["agree"])
+        fn = ctx.prepared.fn
         if cell.case.device == "cuda":
             import torch
 

@@ -1,8 +1,9 @@
 """Results: tidy rows → a pandas DataFrame, written atomically as CSV and JSON into a run directory.
 
 ``results.json`` is the file of record: ``{"schema": N, "meta": {…, "env": {…}}, "rows": [...]}``. The CSV
-beside it holds the same rows for spreadsheets. Both are replaced atomically (temporary file in the same
-directory, fsync, rename), so a crash or Ctrl-C leaves the previous complete file, never half of one.
+beside it holds the same rows for spreadsheets. Both are written once, when a run ends (rundir.py streams
+the rows while it runs), atomically (temporary file in the same directory, fsync, rename), so a crash
+leaves no half file. A run that never wrote them (still running, or killed) is read from its stream.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import pandas as pd
 
 from .errors import UsageError
 from .metrics import NAMES
+from .rundir import clean, read_rows, read_start, state
 
 SCHEMA = 1
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
+LEGACY = ("layout",)  # columns of older runs that no longer carry information (layout was always nchw)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -52,18 +55,13 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for name in NAMES:
         if name not in df.columns:
             df[name] = None
+    df = df.drop(columns=[c for c in LEGACY if c in df.columns])
     extra = [c for c in df.columns if c not in NAMES]
     return df[list(NAMES) + extra]
 
 
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    return v
-
-
 def write_run(run_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    doc = {"schema": SCHEMA, "meta": meta, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]}
+    doc = {"schema": SCHEMA, "meta": meta, "rows": [{k: clean(v) for k, v in r.items()} for r in rows]}
     atomic_write(run_dir / RESULTS_JSON, json.dumps(doc, indent=1, default=str) + "\n")
     buf = io.StringIO()
     to_frame(rows).to_csv(buf, index=False)
@@ -76,7 +74,7 @@ def device_classes(df: pd.DataFrame, meta: dict[str, Any]) -> set[str]:
         return set(df["device_class"])
     from .env import device_class
 
-    return {device_class(meta.get("env", {}), d) for d in df["device"].dropna().unique()}
+    return {device_class(d, meta.get("env", {})) for d in df["device"].dropna().unique()}
 
 
 def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -84,6 +82,8 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     p = Path(path)
     f = p / RESULTS_JSON if p.is_dir() else p
     where = f"results {path}"
+    if not f.is_file() and p.is_dir() and read_start(p) is not None:
+        return _from_stream(p)
     if not f.is_file():
         raise UsageError(where, f"no {RESULTS_JSON} here", "give a run directory written by `upbench run`")
     try:
@@ -97,3 +97,17 @@ def load_run(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
                          "re-run the suite with this version, or use the upbench version that wrote it")
     rows = [{k: (math.inf if v == "inf" else v) for k, v in r.items()} for r in doc["rows"]]
     return to_frame(rows), doc.get("meta", {})
+
+
+def _from_stream(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run that has not written its final files: what it streamed, its status says running or dead."""
+    meta = dict(read_start(run_dir) or {})
+    rows = read_rows(run_dir)
+    live = state(run_dir)
+    meta["status"] = "running" if live == "running" else "dead"
+    if meta["status"] == "dead":
+        meta["note"] = (f"the run's process ended without finishing after {len(rows)} of {meta.get('cells', '?')} "
+                        f"cells; continue it with `upbench run --resume {run_dir}`")
+    order = {cid: i for i, cid in enumerate(meta.get("cell_ids", []))}
+    rows.sort(key=lambda r: order.get(r.get("cell_id"), len(order)))
+    return to_frame([{k: (math.inf if v == "inf" else v) for k, v in r.items()} for r in rows]), meta

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
-from .axes import normalise
-from .cases import AXES, INT_AXES, Case, cell_id
+from .axes import AXES, BY_NAME, DEFAULTS, EXPANSION_ORDER, STAGE_KEYS, normalise
+from .cases import Case, cell_id
 from .errors import UsageError
+from .metrics import DEFAULT as DEFAULT_METRICS
+from .metrics import SELECTABLE as METRICS
 from .plugin import Operator
 from .timing import Stopping
 
-METRICS = ("latency", "memory", "accuracy", "determinism", "instructions")
 KINDS = ("sweep", "model")
-STAGE_KEYS = ("C", "Cy", "H", "W", "s", "K")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Suite:
     timing: Stopping
     skips: tuple[Skip, ...] = ()
     stages: tuple[dict[str, int], ...] = ()
+    baseline: str | None = None  # the operator the report's speed-up column divides by (model suites)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def load(name_or_path: str) -> Suite:
     return parse(raw, where, str(path))
 
 
-SUITE_KEYS = ("name", "description", "kind", "metrics", "passes")
+SUITE_KEYS = ("name", "description", "kind", "metrics", "passes", "baseline")
 
 
 def _check_suite_table(meta: dict, where: str) -> None:
@@ -120,7 +121,7 @@ def _check_suite_table(meta: dict, where: str) -> None:
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         raise UsageError(where, f"[suite] name {name!r} is not a plain name",
                          "use letters, digits, '.', '_' and '-' (it names the run directory)")
-    for key in ("description", "kind"):
+    for key in ("description", "kind", "baseline"):
         if key in meta and not isinstance(meta[key], str):
             raise UsageError(where, f"[suite] {key} must be a string")
     metrics = meta.get("metrics")
@@ -170,7 +171,7 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     kind = meta.get("kind", "sweep")
     if kind not in KINDS:
         raise UsageError(where, f"kind {kind!r} is not one of {', '.join(KINDS)}")
-    metrics = meta.get("metrics", list(METRICS))
+    metrics = meta.get("metrics", list(DEFAULT_METRICS))
     bad = [m for m in metrics if m not in METRICS]
     if bad:
         raise UsageError(where, f"unknown metric(s) {', '.join(bad)}", f"metrics are {', '.join(METRICS)}")
@@ -185,8 +186,11 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     stages = tuple(_stage(s, where) for s in raw.get("stage", []))
     if kind == "model" and not stages:
         raise UsageError(where, 'kind = "model" needs at least one [[stage]]')
+    baseline = meta.get("baseline")
+    if baseline is not None and baseline not in {o.name for o in ops}:
+        raise UsageError(where, f"baseline {baseline!r} is not one of the suite's [[op]] names")
     return Suite(name, meta.get("description", ""), source, kind, ops, axes, frozenset(metrics), timing, skips,
-                 stages)
+                 stages, baseline)
 
 
 def _op(o: Any, where: str) -> OpSel:
@@ -221,8 +225,7 @@ def _stage(s: Any, where: str) -> dict[str, int]:
 
 # -- expansion ----------------------------------------------------------------------------------------------
 def _case_for(op: Operator, sel: OpSel, vals: dict[str, Any]) -> Case:
-    kw = {k: v for k, v in vals.items() if k in INT_AXES or k in ("dtype", "device", "layout", "threads")}
-    kw["pass_"] = vals["pass"]
+    kw = {BY_NAME[k].attr: v for k, v in vals.items()}
     if not op.uses_K:
         kw["K"] = None
     if not op.has_Cy and not (op.guided and kw.get("Cy") not in (None, kw.get("C"))):
@@ -239,8 +242,7 @@ def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tu
            overrides: dict[str, tuple[Any, ...]] | None = None,
            params: dict[str, Any] | None = None) -> list[Cell]:
     """The ordered, de-duplicated cells of ``suite``; raises UsageError on values no cell can use."""
-    defaults = {k: (v,) for k, v in INT_AXES.items()} | {"dtype": ("float32",), "device": ("cpu",),
-                                                         "layout": ("nchw",), "threads": (None,), "pass": ("fwd",)}
+    defaults = {k: (DEFAULTS[k],) for k in EXPANSION_ORDER}
     sels = [o for o in suite.ops if not only_ops or o.name in only_ops]
     if only_ops:
         missing = [n for n in only_ops if n not in {o.name for o in suite.ops}]
@@ -254,9 +256,16 @@ def expand(suite: Suite, only_ops: tuple[str, ...] | None = None, only_impls: tu
                              f"impls are {', '.join(sorted(all_impls))}")
     cells: list[Cell] = []
     seen: set[str] = set()
+    params = params or {}
+    declared = {n for s in sels for n in registry.get(s.name).defaults()}
+    for name in params:  # --param sets NAME on every selected operator that has it; an error only if none has
+        if name not in declared:
+            raise UsageError(f"--param {name}", "no selected operator has this hyperparameter",
+                             f"hyperparameters are {', '.join(sorted(declared)) or 'none'}")
     for sel in sels:
         op = registry.get(sel.name)
-        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **(params or {})}.items())), sel.axes)
+        mine = {k: v for k, v in params.items() if k in op.defaults()}
+        sel = OpSel(sel.name, sel.impls, tuple(sorted({**dict(sel.params), **mine}.items())), sel.axes)
         unknown = set(dict(sel.params)) - set(op.defaults())
         if unknown:
             raise UsageError(f"operator {op.name}", f"unknown hyperparameter(s) {', '.join(sorted(unknown))}",

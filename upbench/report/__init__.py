@@ -34,7 +34,7 @@ def combine(runs: list[Run]) -> pd.DataFrame:
     frames = []
     for name, df, meta in runs:
         env = meta.get("env", {})
-        cls = {d: device_class(env, d) for d in df["device"].dropna().unique()}
+        cls = {d: device_class(d, env) for d in df["device"].dropna().unique()}
         prefix = f"{name}: " if len(runs) > 1 else ""
         per_row = df["device_class"] if "device_class" in df else pd.Series([None] * len(df))
         frames.append(df.assign(run=[f"{prefix}{rc if isinstance(rc, str) else cls.get(d, '?')}"
@@ -69,9 +69,12 @@ REQUIRED = ("suite", "cell_id", "op", "impl", "status")
 
 
 def check_rows(runs: list[Run]) -> None:
-    """A results file whose rows lack the schema's identity columns is refused, not reported as 'None'."""
-    for name, df, _ in runs:
+    """A results file whose rows lack the schema's identity columns (or, for a finished run, that has no rows)
+    is refused, not reported as 'None'."""
+    for name, df, meta in runs:
         if df.empty:
+            if meta.get("status") in ("interrupted", "running", "dead"):
+                continue  # stopped before its first cell finished: the report says so
             raise UsageError(f"report {name}", "the results file has no rows")
         missing = [c for c in REQUIRED if df[c].isna().any()]
         if missing:
@@ -84,8 +87,8 @@ def contention_lines(runs: list[Run]) -> list[str]:
     lines = []
     for name, df, meta in runs:
         load = (meta.get("env") or {}).get("load") or {}
-        threads = int(pd.to_numeric(df.get("torch_threads"), errors="coerce").max() or 1) if "torch_threads" in df \
-            else 1
+        most = pd.to_numeric(df["torch_threads"], errors="coerce").max() if "torch_threads" in df else None
+        threads = int(most) if most is not None and pd.notna(most) and most >= 1 else 1  # none ran: 1
         why = [f"{when}: {w}" for when in ("before", "after") if (w := busy(load.get(when) or {}, threads))]
         contended = int((df.get("latency_noise") == "contended").sum()) if "latency_noise" in df else 0
         if why or contended:
@@ -114,6 +117,7 @@ def render(runs: list[Run], out: Path) -> str:
     metas = {name: meta for name, _, meta in runs}
     kinds = {m.get("suite", {}).get("name"): m.get("suite", {}).get("kind", "sweep") for m in metas.values()}
     descs = {m.get("suite", {}).get("name"): _described(m) for m in metas.values()}
+    baselines = {m.get("suite", {}).get("name"): m.get("suite", {}).get("baseline") for m in metas.values()}
     ceilings = {k: v for m in metas.values() for k, v in (m.get("ceilings") or {}).items()}
     suites = list(dict.fromkeys(df["suite"]))
     title = ", ".join(f"`{s}`" for s in suites)
@@ -129,7 +133,7 @@ def render(runs: list[Run], out: Path) -> str:
             out_lines += [descs[suite], ""]
         if kinds.get(suite) == "model" and not ok_all.empty:
             out_lines += ["### Overhead over the model's upsampling stages", "",
-                          paper_table(ok_all[ok_all["pass"] == "fwd"]), ""]
+                          paper_table(ok_all[ok_all["pass"] == "fwd"], baselines.get(suite)), ""]
         for op in dict.fromkeys(sdf["op"]):
             ok = ok_all[ok_all["op"] == op]
             out_lines += [f"### {op}", ""]
@@ -156,3 +160,17 @@ def render(runs: list[Run], out: Path) -> str:
                       f"{_fmt(meta.get('elapsed_s'), '.1f')} s.", "", env_table(meta), ""]
     out_lines += ["## Reproduce", "", "```", *[m.get("command", "?") for m in metas.values()], "```", ""]
     return "\n".join(out_lines)
+
+
+def write_report(paths: list[Path], out: Path | None) -> Path:
+    """Render the runs at ``paths`` into ``out`` (default: the one run's report.md); returns the path."""
+    from ..errors import UsageError
+    from ..results import atomic_write, load_run
+
+    runs = [((p if p.is_dir() else p.parent).name, *load_run(p)) for p in paths]
+    if out is None:
+        if len(paths) > 1:
+            raise UsageError("report", "several runs make one report", "give --out FILE.md")
+        out = (paths[0] if paths[0].is_dir() else paths[0].parent) / "report.md"
+    atomic_write(out, render(runs, out))
+    return out

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-FIXED = ("run", "B", "C", "Cy", "s", "K", "dtype", "device", "pass", "threads", "hp")
+from ..axes import REPORT_AXES, SIZE_AXES
+
+FIXED = ("run", *(a for a in REPORT_AXES if a not in SIZE_AXES), "hp")
 
 
 @dataclass(frozen=True)

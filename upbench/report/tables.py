@@ -15,7 +15,9 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-AXIS_COLS = ("run", "stages", "B", "C", "Cy", "H", "W", "s", "K", "dtype", "device", "pass", "threads", "hp")
+from ..axes import REPORT_AXES
+
+AXIS_COLS = ("run", "stages", *REPORT_AXES, "hp")
 MiB = 2**20
 
 
@@ -109,9 +111,11 @@ def op_table(ok: pd.DataFrame) -> str:
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 
 
-def paper_table(ok: pd.DataFrame) -> str:
-    """One row per operator × impl: the overhead table of upsampler papers, generated, never typed."""
-    base = ok[ok["op"] == "bilinear"]
+def paper_table(ok: pd.DataFrame, baseline: str | None) -> str:
+    """One row per operator × impl: the overhead table of upsampler papers, generated, never typed.
+
+    ``baseline`` is the operator the suite names (``[suite] baseline``) for the speed-up column."""
+    base = ok[ok["op"] == baseline] if baseline else ok.iloc[:0]
     base_lat = _num(base["latency_median_ms"].min()) if not base.empty else None
     rows = []
     for (op, impl), g in ok.groupby(["op", "impl"], sort=False):
@@ -122,7 +126,7 @@ def paper_table(ok: pd.DataFrame) -> str:
                      _fmt(_num(r["macs"]) and _num(r["macs"]) / 1e9, ".4g"), _latency(r), speed,
                      _fmt(_num(r.get("peak_mem_bytes")) and _num(r["peak_mem_bytes"]) / MiB, ".4g"),
                      _fmt(r.get("peak_over_ideal"), ".2f"), _roof(r), _agree(r), _bits(r)])
-    head = ["operator", "impl", "+params (M)", "+GMACs", "latency ms", "speed-up vs bilinear", "peak MiB",
+    head = ["operator", "impl", "+params (M)", "+GMACs", "latency ms", f"speed-up vs {baseline or '–'}", "peak MiB",
             "× ideal", "% roof (compute / bw)", "agreement", "bitwise"]
     return tabulate(rows, head, tablefmt="github", disable_numparse=True)
 

@@ -3,12 +3,14 @@
 ``fake-scale``: nearest upsampling times a learned per-channel scale. Its impls exercise the harness:
 ``good`` is correct, ``border-bug`` is wrong on border pixels only, ``wrong`` is off everywhere,
 ``crash`` raises, ``fwd-only`` has no backward, ``slow`` does the work SLOW_FACTOR times (a fraction
-repeats that share of the channels; ``UPBENCH_FAKE_SLOW_FACTOR`` overrides it, so child processes see it too).
+repeats that share of the channels; ``UPBENCH_FAKE_SLOW_FACTOR`` overrides it, so child processes see it too),
+``kernel`` is ``good`` declaring a kernel source file (``scale.cu``, never compiled) for the provenance tests.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 from upbench import Case, HyperParam, Impl, Operator
 
 SLOW_FACTOR = {"n": 3}
+KERNEL = Path(__file__).with_name("scale.cu")
 
 
 def _good(case: Case, m: nn.Module):
@@ -81,6 +84,7 @@ class FakeScale(Operator):
         Impl("fwd-only", _good, "no backward", backward=False),
         Impl("slow", _slow, "the good impl, SLOW_FACTOR times"),
         Impl("nondeterministic", _nondeterministic, "last-bit noise", deterministic=False),
+        Impl("kernel", _good, "the good impl, declaring a kernel source", sources=(str(KERNEL),)),
     )
 
     def module(self, case: Case) -> nn.Module:

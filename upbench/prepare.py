@@ -2,15 +2,16 @@
 
 Everything that is not the operator's work — input generation, weight init, compilation, output of the
 forward for a backward pass — happens here, before any timer or memory probe sees the callable.
+:func:`prepare` is the one way a cell is prepared: the runner, the pytest-benchmark plugin and the tests
+all call it.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +19,14 @@ from torch import Tensor, nn
 from .cases import Case
 from .plugin import Impl, Operator
 
+if TYPE_CHECKING:
+    from .sweeps import Cell
+
 
 @dataclass
 class Stage:
+    """One stage's inputs, module and the impl's callable (a model cell runs several stages in order)."""
+
     case: Case
     fn: Callable[..., Tensor]
     inputs: dict[str, Tensor]
@@ -39,40 +45,42 @@ def prepare_stage(op: Operator, impl: Impl, case: Case) -> Stage:
     return Stage(case, impl.factory(case, module), inputs, module)
 
 
+@dataclass
+class Prepared:
+    """A cell ready to measure: its operator and impl, each stage prepared, and the pass's callable.
+
+    The callable is built on first use, after the agreement metric has read the untouched stages.
+    """
+
+    cell: Cell
+    op: Operator
+    impl: Impl
+    stages: list[Stage]
+    _fn: Callable[[], object] | None = field(default=None, repr=False)
+
+    @property
+    def fn(self) -> Callable[[], object]:
+        if self._fn is None:
+            self._fn = make_callable(self.stages, self.cell.case.pass_)
+        return self._fn
+
+
+def prepare(cell: Cell) -> Prepared:
+    """Inputs, weights and the impl's callable of every stage of ``cell`` (on its device, in its dtype)."""
+    from . import registry
+
+    op = registry.get(cell.op)
+    impl = op.impl(cell.impl)
+    return Prepared(cell, op, impl, [prepare_stage(op, impl, c) for c in cell.stages])
+
+
 def _leaves(st: Stage) -> list[Tensor]:
     return [v for v in st.inputs.values() if v.requires_grad] + (
         [p for p in st.module.parameters() if p.requires_grad] if st.module is not None else [])
 
 
-def _test_slowdown(op: str, impl: str) -> float:
-    """Test-only switch ``UPBENCH_TEST_SLOWDOWN=op:impl=1.3``: the gate's tests slow one impl on purpose."""
-    spec = os.environ.get("UPBENCH_TEST_SLOWDOWN", "")
-    for item in filter(None, spec.split(",")):
-        key, _, factor = item.partition("=")
-        if key == f"{op}:{impl}":
-            return float(factor)
-    return 1.0
-
-
-def _slowed(fn: Callable[[], object], factor: float) -> Callable[[], object]:
-    def slow() -> object:
-        t = time.perf_counter()
-        out = fn()
-        end = t + (time.perf_counter() - t) * factor
-        while time.perf_counter() < end:  # spin: a sleep would give the CPU away and change the neighbours
-            pass
-        return out
-    return slow
-
-
-def make_callable(stages: list[Stage], pass_: str, op: str = "", impl: str = "") -> Callable[[], object]:
+def make_callable(stages: list[Stage], pass_: str) -> Callable[[], object]:
     """The zero-argument callable a metric measures for ``pass_``."""
-    fn = _make_callable(stages, pass_)
-    factor = _test_slowdown(op, impl)
-    return _slowed(fn, factor) if factor != 1.0 else fn
-
-
-def _make_callable(stages: list[Stage], pass_: str) -> Callable[[], object]:
     if pass_ == "fwd":
         def fwd() -> list[Tensor]:
             with torch.no_grad():
