@@ -27,6 +27,20 @@
 #define UPB_MAX_KK (UPB_MAX_K * UPB_MAX_K)
 #define UPB_FULL_MASK 0xffffffffu
 
+// Device-side argument checks, in debug builds only (-DUPB_DEBUG=1: the sanitizer builds, and CUDA builds with
+// UPBENCH_KERNEL_DEBUG=1): the bindings validate every launch, this catches a launch that bypassed them.
+#if defined(UPB_DEBUG) && UPB_DEBUG
+#if defined(__CUDACC__)
+#define UPB_DEVICE_CHECK(cond, what) \
+  do { if (!(cond)) { printf("upbench kernel: %s\n", what); __trap(); } } while (0)
+#else
+#define UPB_DEVICE_CHECK(cond, what) \
+  do { if (!(cond)) { fprintf(stderr, "upbench kernel: %s\n", what); abort(); } } while (0)
+#endif
+#else
+#define UPB_DEVICE_CHECK(cond, what) ((void)0)
+#endif
+
 #if defined(__CUDACC__)
 #define UPB_SIMD
 #define UPB_SIMD_RED(...)
@@ -60,11 +74,12 @@ __device__ __forceinline__ unsigned short f2h(float f) {
 #else
 __device__ __forceinline__ unsigned f2u(float f) { unsigned u; __builtin_memcpy(&u, &f, 4); return u; }
 __device__ __forceinline__ float u2f(unsigned u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
-// IEEE half <-> float, round to nearest even, subnormals, inf and NaN; branch-free so loops vectorise.
+// IEEE half <-> float, round to nearest even, subnormals, inf and NaN; branch-free so loops vectorise. No
+// step computes with an fp32 subnormal, so both hold in the GPU's float mode (FTZ/DAZ) as cvt does there.
 __device__ __forceinline__ float h2f(unsigned short h) {
   const unsigned em = h & 0x7fffu, sign = (unsigned)(h & 0x8000u) << 16;
-  const float scaled = u2f(em << 13) * u2f(0x77800000u);  // rebias the exponent by multiplying by 2^112
-  const unsigned body = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : f2u(scaled);
+  const unsigned normal = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : (em << 13) + 0x38000000u;  // rebias by 112
+  const unsigned body = em < 0x400u ? f2u((float)(int)em * 5.9604644775390625e-8f) : normal;  // subnormal: em·2^-24
   return u2f(body | sign);
 }
 __device__ __forceinline__ unsigned short f2h(float f) {
@@ -167,10 +182,12 @@ template <typename A> __device__ __forceinline__ A warp_sum4(A v0, A v1, A v2, A
   return k;
 }
 #define UPB_SYNCWARP() __syncwarp()
-// Per-warp scratch in shared memory (on the CPU fast build: a local array).
+// Per-warp scratch in shared memory (on the CPU fast build: a local array; the weak-memory shim defines its own).
+#ifndef UPB_WARP_SCRATCH
 #define UPB_WARP_SCRATCH(T, name, n) \
   __shared__ T name##_blk[UPB_WARPS][n]; \
   T* name = name##_blk[threadIdx.x / UPB_LANES]
+#endif
 #else
 template <typename A> __device__ __forceinline__ A warp_sum(A v) { return v; }
 template <typename A> __device__ __forceinline__ A warp_max(A v) { return v; }
@@ -222,8 +239,9 @@ inline vf vld(const f16* p) {  // h2f on 16 lanes
   vh h;
   __builtin_memcpy(&h, p, sizeof h);
   const vu x = __builtin_convertvector(h, vu), em = x & 0x7fffu, sign = (x & 0x8000u) << 16;
-  const vu scaled = (vu)((vf)(em << 13) * 0x1p112f);
-  return (vf)((em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : scaled) | sign);
+  const vu sub = (vu)(__builtin_convertvector(em, vf) * 0x1p-24f);  // as the scalar h2f: no subnormal arithmetic
+  const vu normal = em >= 0x7c00u ? ((em << 13) | 0x7f800000u) : (em << 13) + 0x38000000u;
+  return (vf)((em < 0x400u ? sub : normal) | sign);
 }
 inline void vst(float* p, vf v) {
 #if defined(__AVX512F__)

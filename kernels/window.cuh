@@ -25,7 +25,9 @@ struct Geo {
   int K, s, r, KK;
 
   __device__ Geo(i64 H_, i64 W_, i64 K_, i64 s_)
-      : H(H_), W(W_), OH(H_ * s_), OW(W_ * s_), K((int)K_), s((int)s_), r((int)((K_ - 1) / 2)), KK((int)(K_ * K_)) {}
+      : H(H_), W(W_), OH(H_ * s_), OW(W_ * s_), K((int)K_), s((int)s_), r((int)((K_ - 1) / 2)), KK((int)(K_ * K_)) {
+    UPB_DEVICE_CHECK(K_ >= 1 && K_ <= UPB_MAX_K && (K_ & 1) && s_ >= 1, "window size K or scale s out of range");
+  }
 
   // Pixel index of the c-th child (row-major in s×s) of low-res pixel (b, u, v) in a (B, sH, sW, ·) tensor.
   __device__ __forceinline__ i64 child(i64 b, i64 u, i64 v, int c) const {

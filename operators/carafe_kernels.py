@@ -15,33 +15,25 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from upbench import _cpu_shim, _cuda
-from upbench.operators.sapa_kernels import _SUFFIX, MAX_K, _chunk
+from . import kernel_binding as kb
 
-FAMILY = "carafe"
-
-
-def available(device: str) -> str | None:
-    """None when the kernels can run on ``device`` here, else why not (read by reassembly.py)."""
-    return _cuda.unavailable_reason() if device == "cuda" else _cpu_shim.unavailable_reason()
+FAMILY = kb.Family("carafe")
+available = kb.available  # read by reassembly.py: None when the kernels can run on a device here
 
 
-def _check(op: str, x: Tensor, M: Tensor, K: int, s: int, G: int) -> None:
-    where = f"upbench::{op}"
-    if not (1 <= K <= MAX_K and K % 2 == 1):
-        raise ValueError(f"{where}: K={K}; the kernels need an odd K from 1 to {MAX_K}")
-    if s < 1 or G < 1:
-        raise ValueError(f"{where}: s={s}, G={G}; both must be positive integers")
-    if x.dim() != 4 or M.dim() != 4:
-        raise ValueError(f"{where}: expected 4-d NCHW tensors, got {tuple(x.shape)} and {tuple(M.shape)}")
-    if x.dtype != M.dtype or x.device != M.device or x.dtype not in _SUFFIX:
-        raise ValueError(f"{where}: x and M must share one of float64/32/16, bfloat16 and a device "
-                         f"({x.dtype} on {x.device}, {M.dtype} on {M.device})")
-    B, C, H, W = x.shape
+def _check(op: str, lo: tuple[int, int, int, int], K: int, s: int, G: int, **tensors: Tensor) -> None:
+    """K, s, G, and each tensor's dtype, device and NCHW shape for a low-res map ``lo`` = (B, C, H, W):
+    ``x`` (B, C, H, W), ``M`` (B, G·K², sH, sW), ``dout`` (B, C, sH, sW)."""
+    kb.check_k(op, K, s)
+    if isinstance(G, bool) or not isinstance(G, int) or G < 1:
+        raise ValueError(f"upbench::{op}: G={G!r}; the group count must be a positive integer")
+    kb.check_tensors(op, tensors)
+    B, C, H, W = lo
     if C % G:
-        raise ValueError(f"{where}: C={C} is not a multiple of G={G}")
-    if tuple(M.shape) != (B, G * K * K, H * s, W * s):
-        raise ValueError(f"{where}: M has shape {tuple(M.shape)}, expected {(B, G * K * K, H * s, W * s)}")
+        raise ValueError(f"upbench::{op}: C={C} is not a multiple of G={G}")
+    want = {"x": (B, C, H, W), "M": (B, G * K * K, H * s, W * s), "dout": (B, C, H * s, W * s)}
+    for name, t in tensors.items():
+        kb.check_shape(op, name, t, want[name])
 
 
 def _cl(t: Tensor) -> Tensor:
@@ -53,42 +45,39 @@ def _empty_cl(like: Tensor, B: int, C: int, H: int, W: int) -> Tensor:
     return torch.empty((B, C, H, W), dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
-def _launch(kernel: str, items: int, *args: Tensor | int, grid_y: int) -> None:
-    t = next(a for a in args if isinstance(a, Tensor))
-    entry = f"{FAMILY}_{kernel}_{_SUFFIX[t.dtype]}"
-    if t.device.type == "cuda":
-        _cuda.launch(FAMILY, entry, items, *args, grid_y=grid_y)
-    else:
-        _cpu_shim.launch(FAMILY, entry, items, *args, grid_y=grid_y)
-
-
 @torch.library.custom_op("upbench::carafe_reassemble", mutates_args=())
 def carafe_reassemble(x: Tensor, M: Tensor, K: int, s: int, G: int) -> Tensor:
-    _check("carafe_reassemble", x, M, K, s, G)
+    kb.check_tensors("carafe_reassemble", {"x": x})
+    _check("carafe_reassemble", tuple(x.shape), K, s, G, x=x, M=M)
     B, C, H, W = x.shape
     out = _empty_cl(x, B, C, H * s, W * s)
-    _launch("fwd", B * H * W, _cl(x), _cl(M), out.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
+    FAMILY.launch("fwd", B * H * W, _cl(x), _cl(M), out.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
     return out
 
 
 @torch.library.custom_op("upbench::carafe_reassemble_dx", mutates_args=())
 def carafe_reassemble_dx(M: Tensor, dout: Tensor, K: int, s: int, G: int) -> Tensor:
+    kb.check_tensors("carafe_reassemble_dx", {"dout": dout})
     B, C, OH, OW = dout.shape
+    kb.check_k("carafe_reassemble_dx", K, s)
+    if OH % s or OW % s:
+        raise ValueError(f"upbench::carafe_reassemble_dx: dout size {OH}x{OW} is not a multiple of s={s}")
     H, W = OH // s, OW // s
-    _check("carafe_reassemble_dx", dout.new_empty((1, 1, 1, 1)).expand(B, C, H, W), M, K, s, G)
+    _check("carafe_reassemble_dx", (B, C, H, W), K, s, G, M=M, dout=dout)
     dx = _empty_cl(dout, B, C, H, W)
     Cg = C // G
-    _launch("bwd_x", B * H * W, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), B, H, W, Cg, K, s, G,
-            grid_y=G * -(-Cg // _chunk(dout)))
+    FAMILY.launch("bwd_x", B * H * W, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), B, H, W, Cg, K, s, G,
+                  grid_y=G * -(-Cg // kb.chunk_t(dout)))
     return dx
 
 
 @torch.library.custom_op("upbench::carafe_reassemble_dm", mutates_args=())
 def carafe_reassemble_dm(dout: Tensor, x: Tensor, K: int, s: int, G: int) -> Tensor:
+    kb.check_tensors("carafe_reassemble_dm", {"x": x})
+    _check("carafe_reassemble_dm", tuple(x.shape), K, s, G, dout=dout, x=x)
     B, C, H, W = x.shape
     dM = _empty_cl(x, B, G * K * K, H * s, W * s)
-    _check("carafe_reassemble_dm", x, dM, K, s, G)
-    _launch("bwd_m", B * H * W, _cl(dout), _cl(x), dM.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
+    FAMILY.launch("bwd_m", B * H * W, _cl(dout), _cl(x), dM.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
     return dM
 
 

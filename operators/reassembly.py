@@ -129,15 +129,24 @@ class ReassemblyImpl:
     description: str
     devices: tuple[str, ...] = ("cpu", "cuda")
     available: Callable[[str], str | None] = lambda _: None
+    sources: tuple[str, ...] = ()  # the kernel files it runs (Impl.sources: part of its impl_hash)
+
+
+def _kernel_sources(device: str) -> tuple[str, ...]:
+    try:
+        from .kernel_binding import kernel_sources
+    except ImportError:  # the package imports without the kernel bindings; nothing to hash then
+        return ()
+    return kernel_sources("carafe", device)
 
 
 REASSEMBLY_IMPLS: tuple[ReassemblyImpl, ...] = (
     ReassemblyImpl("unfold", reassemble_unfold, "F.unfold + einsum (K² × the low-res tensor)"),
     ReassemblyImpl("lean", reassemble_lean, "loop over K² shifted views; O(output) memory, autograd"),
     ReassemblyImpl("cupy", _call_kernel, "CUDA kernel (carafe_kernels.reassemble_kernel) via CuPy",
-                   ("cuda",), _kernel_available),
+                   ("cuda",), _kernel_available, _kernel_sources("cuda")),
     ReassemblyImpl("cpu-kernel", _call_kernel, "the same CUDA source compiled for the CPU",
-                   ("cpu",), _kernel_available),
+                   ("cpu",), _kernel_available, _kernel_sources("cpu")),
 )
 
 
@@ -155,5 +164,5 @@ def module_impls() -> tuple[Impl, ...]:
 
         return factory
 
-    return tuple(Impl(ri.name, factory_for(ri.fn), ri.description, devices=ri.devices, available=ri.available)
-                 for ri in REASSEMBLY_IMPLS)
+    return tuple(Impl(ri.name, factory_for(ri.fn), ri.description, devices=ri.devices, available=ri.available,
+                      sources=ri.sources) for ri in REASSEMBLY_IMPLS)

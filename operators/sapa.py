@@ -115,7 +115,7 @@ def _core_impls() -> tuple[Impl, ...]:
 
         impls.append(Impl(name, factory, f"core: {spec.description}", devices=spec.devices, dtypes=spec.dtypes,
                           backward=spec.backward, deterministic=spec.deterministic, available=spec.available,
-                          supports=supports))
+                          supports=supports, sources=spec.sources))
     return tuple(impls)
 
 

@@ -18,84 +18,75 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from upbench import _cpu_shim, _cuda
 from upbench.cases import Case
 from upbench.plugin import Impl
 
-FAMILY = "sapa"
-MAX_K = 15  # UPB_MAX_K in kernels/upb_common.cuh
-_SUFFIX = {torch.float64: "f64", torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+from . import kernel_binding as kb
+
+FAMILY = kb.Family("sapa")
+MAX_K = kb.MAX_K
 
 
-# -- argument checks and launching ---------------------------------------------------------------------
-def _check(op: str, K: int, s: int, *ts: Tensor) -> None:
-    if not (1 <= K <= MAX_K and K % 2 == 1):
-        raise ValueError(f"upbench::{op}: K={K}; the kernels need an odd K from 1 to {MAX_K}")
-    if s < 1:
-        raise ValueError(f"upbench::{op}: s={s}; the scale must be a positive integer")
-    for t in ts:
-        if t.dim() != 4:
-            raise ValueError(f"upbench::{op}: expected channels-last 4-d tensors, got shape {tuple(t.shape)}")
-        if t.dtype != ts[0].dtype or t.device != ts[0].device:
-            raise ValueError(f"upbench::{op}: all tensors must share dtype and device "
-                             f"({ts[0].dtype} on {ts[0].device} vs {t.dtype} on {t.device})")
-    if ts[0].dtype not in _SUFFIX:
-        raise ValueError(f"upbench::{op}: dtype {ts[0].dtype} is not supported; use float64/32/16 or bfloat16")
-
-
-def _check_hi(op: str, hi: Tensor, lo_shape: torch.Size | tuple[int, ...], s: int, width: int | None) -> None:
+def _check_hi(op: str, name: str, hi: Tensor, lo_shape: torch.Size | tuple[int, ...], s: int,
+              width: int | None) -> None:
     B, H, W = lo_shape[:3]
-    if tuple(hi.shape[:3]) != (B, H * s, W * s) or (width is not None and hi.shape[3] != width):
-        want = f"({B}, {H * s}, {W * s}, {width if width is not None else '·'})"
-        raise ValueError(f"upbench::{op}: high-res tensor has shape {tuple(hi.shape)}, expected {want}")
+    kb.check_shape(op, name, hi, (B, H * s, W * s, width))
 
 
-def _chunk(t: Tensor) -> int:
-    """Channels per atn_t chunk of the build that runs ``t``'s device (atn_t's grid.y counts them)."""
-    return _cuda.CHUNK_T if t.device.type == "cuda" else _cpu_shim.VARIANTS[_cpu_shim.current_variant()].chunk_t
-
-
-def _launch(kernel: str, items: int, *args: Tensor | int, grid_y: int = 1) -> None:
-    t = next(a for a in args if isinstance(a, Tensor))
-    entry = f"{FAMILY}_{kernel}_{_SUFFIX[t.dtype]}"
-    if t.device.type == "cuda":
-        _cuda.launch(FAMILY, entry, items, *args, grid_y=grid_y)
-    elif t.device.type == "cpu":
-        _cpu_shim.launch(FAMILY, entry, items, *args, grid_y=grid_y)
-    else:
-        raise ValueError(f"upbench::sapa_{kernel}: no kernel for device {t.device}")
-
-
-# The *_into functions write into caller-provided outputs (tests poison them first); the ops allocate.
+# The *_into functions write into caller-provided outputs (tests poison them first); the ops allocate. Each
+# validates everything the kernel indexes by (K against the scratch size, shapes, dtype, device, contiguity),
+# so no call reaches a kernel with arguments it would read or write out of bounds.
 def sim_into(q: Tensor, k: Tensor, S: Tensor, K: int, s: int) -> Tensor:
+    op = "sapa_sim"
+    kb.check_k(op, K, s)
+    kb.check_tensors(op, {"q": q, "k": k, "S": S}, contiguous=True)
     B, H, W, D = k.shape
-    _launch("sim", B * H * W, q, k, S, B, H, W, D, K, s)
+    _check_hi(op, "q", q, k.shape, s, D)
+    _check_hi(op, "S", S, k.shape, s, K * K)
+    FAMILY.launch("sim", B * H * W, q, k, S, B, H, W, D, K, s)
     return S
 
 
 def atn_into(A: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> Tensor:
+    op = "sapa_atn"
+    kb.check_k(op, K, s)
+    kb.check_tensors(op, {"A": A, "v": v, "out": out}, contiguous=True)
     B, H, W, C = v.shape
-    _launch("atn", B * H * W, A, v, out, B, H, W, C, K, s)
+    _check_hi(op, "A", A, v.shape, s, K * K)
+    _check_hi(op, "out", out, v.shape, s, C)
+    FAMILY.launch("atn", B * H * W, A, v, out, B, H, W, C, K, s)
     return out
 
 
 def atn_t_into(A: Tensor, g: Tensor, out: Tensor, K: int, s: int) -> Tensor:
+    op = "sapa_atn_t"
+    kb.check_k(op, K, s)
+    kb.check_tensors(op, {"A": A, "g": g, "out": out}, contiguous=True)
     B, H, W, C = out.shape
-    _launch("atn_t", B * H * W, A, g, out, B, H, W, C, K, s, grid_y=-(-C // _chunk(g)))  # chunks on grid.y
+    _check_hi(op, "A", A, out.shape, s, K * K)
+    _check_hi(op, "g", g, out.shape, s, C)
+    FAMILY.launch("atn_t", B * H * W, A, g, out, B, H, W, C, K, s, grid_y=-(-C // kb.chunk_t(g)))  # chunks on y
     return out
 
 
 def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> Tensor:
+    op = "sapa_fused"
+    kb.check_k(op, K, s)
+    kb.check_tensors(op, {"q": q, "k": k, "v": v, "out": out}, contiguous=True)
     B, H, W, D = k.shape
-    _launch("fused", B * H * W, q, k, v, out, B, H, W, D, v.shape[3], K, s)
+    C = v.shape[3]
+    kb.check_shape(op, "v", v, (B, H, W, None))
+    _check_hi(op, "q", q, k.shape, s, D)
+    _check_hi(op, "out", out, k.shape, s, C)
+    FAMILY.launch("fused", B * H * W, q, k, v, out, B, H, W, D, C, K, s)
     return out
 
 
 # -- custom ops ----------------------------------------------------------------------------------------------
 @torch.library.custom_op("upbench::sapa_sim", mutates_args=())
 def sapa_sim(q: Tensor, k: Tensor, K: int, s: int) -> Tensor:
-    _check("sapa_sim", K, s, q, k)
-    _check_hi("sapa_sim", q, k.shape, s, k.shape[3])
+    kb.check_k("sapa_sim", K, s)
+    kb.check_tensors("sapa_sim", {"q": q, "k": k})
     q, k = q.contiguous(), k.contiguous()
     B, H, W, _ = k.shape
     return sim_into(q, k, q.new_empty(B, H * s, W * s, K * K), K, s)
@@ -103,8 +94,8 @@ def sapa_sim(q: Tensor, k: Tensor, K: int, s: int) -> Tensor:
 
 @torch.library.custom_op("upbench::sapa_atn", mutates_args=())
 def sapa_atn(A: Tensor, v: Tensor, K: int, s: int) -> Tensor:
-    _check("sapa_atn", K, s, A, v)
-    _check_hi("sapa_atn", A, v.shape, s, K * K)
+    kb.check_k("sapa_atn", K, s)
+    kb.check_tensors("sapa_atn", {"A": A, "v": v})
     A, v = A.contiguous(), v.contiguous()
     B, H, W, C = v.shape
     return atn_into(A, v, v.new_empty(B, H * s, W * s, C), K, s)
@@ -112,21 +103,19 @@ def sapa_atn(A: Tensor, v: Tensor, K: int, s: int) -> Tensor:
 
 @torch.library.custom_op("upbench::sapa_atn_t", mutates_args=())
 def sapa_atn_t(A: Tensor, g: Tensor, K: int, s: int) -> Tensor:
-    _check("sapa_atn_t", K, s, A, g)
+    kb.check_k("sapa_atn_t", K, s)
+    kb.check_tensors("sapa_atn_t", {"A": A, "g": g})
     B, OH, OW, C = g.shape
     if OH % s or OW % s:
         raise ValueError(f"upbench::sapa_atn_t: high-res size {OH}x{OW} is not a multiple of s={s}")
-    _check_hi("sapa_atn_t", A, (B, OH // s, OW // s), s, K * K)
     A, g = A.contiguous(), g.contiguous()
     return atn_t_into(A, g, g.new_empty(B, OH // s, OW // s, C), K, s)
 
 
 @torch.library.custom_op("upbench::sapa_fused", mutates_args=())
 def sapa_fused(q: Tensor, k: Tensor, v: Tensor, K: int, s: int) -> Tensor:
-    _check("sapa_fused", K, s, q, k, v)
-    _check_hi("sapa_fused", q, k.shape, s, k.shape[3])
-    if tuple(v.shape[:3]) != tuple(k.shape[:3]):
-        raise ValueError(f"upbench::sapa_fused: v {tuple(v.shape)} and k {tuple(k.shape)} differ in (B, H, W)")
+    kb.check_k("sapa_fused", K, s)
+    kb.check_tensors("sapa_fused", {"q": q, "k": k, "v": v})
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     B, H, W, C = v.shape
     return fused_into(q, k, v, v.new_empty(B, H * s, W * s, C), K, s)
@@ -256,13 +245,7 @@ def _supports(case: Case) -> str | None:
 
 def _factory(fn: Callable[..., Tensor], device: str):
     def factory(case: Case, module: None) -> Callable[..., Tensor]:
-        # Compile now (prepare step), so that no timer or memory probe sees the build.
-        if device == "cuda":
-            idx = torch.cuda.current_device()
-            for kernel in ("sim", "atn", "atn_t", "fused"):
-                _cuda.function(FAMILY, f"{FAMILY}_{kernel}_{_SUFFIX[case.torch_dtype]}", idx)
-        else:
-            _cpu_shim.load(FAMILY)
+        FAMILY.prepare(device, ("sim", "atn", "atn_t", "fused"), case.torch_dtype)
         K, s = case.K, case.s
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -271,14 +254,6 @@ def _factory(fn: Callable[..., Tensor], device: str):
         return run
 
     return factory
-
-
-def _cuda_available(device: str) -> str | None:
-    return _cuda.unavailable_reason()
-
-
-def _cpu_available(device: str) -> str | None:
-    return _cpu_shim.unavailable_reason()
 
 
 CORE_FNS: dict[str, Callable[..., Tensor]] = {
@@ -290,11 +265,13 @@ CORE_FNS: dict[str, Callable[..., Tensor]] = {
 
 IMPLS: tuple[Impl, ...] = (
     Impl("cupy", _factory(core_kernel, "cuda"), "CuPy CUDA kernels: sim, torch softmax, atn; gather backward",
-         devices=("cuda",), available=_cuda_available, supports=_supports),
+         devices=("cuda",), available=kb.available, supports=_supports, sources=FAMILY.sources("cuda")),
     Impl("cupy-fused", _factory(core_kernel_fused, "cuda"), "one CuPy CUDA kernel sim→softmax→atn, no K² map",
-         devices=("cuda",), backward=False, available=_cuda_available, supports=_supports),
+         devices=("cuda",), backward=False, available=kb.available, supports=_supports,
+         sources=FAMILY.sources("cuda")),
     Impl("cpu-kernel", _factory(core_kernel, "cpu"), "the CUDA source compiled for the CPU (g++, OpenMP)",
-         devices=("cpu",), available=_cpu_available, supports=_supports),
+         devices=("cpu",), available=kb.available, supports=_supports, sources=FAMILY.sources("cpu")),
     Impl("cpu-kernel-fused", _factory(core_kernel_fused, "cpu"), "fused kernel compiled for the CPU, no K² map",
-         devices=("cpu",), backward=False, available=_cpu_available, supports=_supports),
+         devices=("cpu",), backward=False, available=kb.available, supports=_supports,
+         sources=FAMILY.sources("cpu")),
 )

@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 for suite in memory latency segformer-b1 maskformer mask2former fpn a2u-matting; do
     upbench run --suite "$suite" --device cpu --out "reports/$suite-cpu" --force --no-progress
 done
+# The foundation-model upsamplers' official impls need several GiB at their largest sizes: cap the address
+# space so an allocation that does not fit fails as a recorded `oom` cell instead of waking the OOM killer.
+(ulimit -v 10000000; upbench run --suite vfm-cpu --device cpu --out reports/vfm-cpu --force --no-progress)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from upbench import _cuda, _optional, selfcheck
+from upbench.operators.kernel_binding import GPU_DEFINES
 
 
 def test_import_upbench_needs_no_gpu_or_cupy():
@@ -18,7 +21,7 @@ def test_import_upbench_needs_no_gpu_or_cupy():
 def test_unavailable_reason_and_clear_errors():
     assert _cuda.unavailable_reason() == "needs a CUDA device (torch.cuda.is_available() is False)"
     with pytest.raises(RuntimeError, match="cupy kernels: needs a CUDA device"):
-        _cuda.function("sapa", "sapa_sim_f32", 0)
+        _cuda.function("sapa", "sapa_sim_f32", 0, GPU_DEFINES)
 
 
 def test_cupy_reason_is_remembered():
@@ -50,7 +53,8 @@ def test_nvrtc_compiles_the_source_as_cupy_would(arch):
     nvrtc = _nvrtc()
     prog = nvrtc.createProgram(_cuda.source("sapa"), "sapa.cu", [], [])
     try:
-        nvrtc.compileProgram(prog, (*_cuda.NVRTC_OPTIONS, f"--gpu-architecture={arch}"))
+        # CuPy appends -ftz=true after the caller's options: compile exactly what it would
+        nvrtc.compileProgram(prog, (*_cuda.nvrtc_options(GPU_DEFINES), f"--gpu-architecture={arch}", "-ftz=true"))
     except Exception as exc:
         pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)[:4000]}")
     ptx = nvrtc.getPTX(prog).decode()
@@ -66,8 +70,33 @@ def test_selfcheck_cuda_fails_clearly(capsys):
     assert err.startswith("upbench selfcheck: error: --device cuda: the kernels cannot run here: needs a CUDA device")
 
 
-def test_selfcheck_cpu_quick(capsys):
-    assert selfcheck.main(["--device", "cpu", "--quick", "--dtypes", "float32,bfloat16"]) == 0
+def test_selfcheck_cuda_dry_run_runs_all_cpu_logic_and_prints_the_table_last(capsys):
+    # The GPU validation script's first run is not on the GPU: every check runs here through the shim, and
+    # the checks that need a GPU (sanitizer, side stream + graph, NVML) say SKIP with the reason.
+    assert selfcheck.main(["--device", "cuda", "--dry-run", "--dtypes", "float32,bfloat16"]) == 0
     out = capsys.readouterr().out
-    assert "checks passed on cpu" in out and "FAIL" not in out
-    assert "cpu-kernel-fused" in out and "error:" not in out
+    table = out[out.index("upbench selfcheck on cuda (dry run"):].splitlines()
+    assert re.fullmatch(r"\d+ passed, 0 failed, \d+ skipped", table[-1]), table[-1]
+    rows = {line.split("  ")[0].strip(): line for line in table[3:-1]}
+    for name in ("quick pass of every kernel (subprocess)", "deterministic sapa_fused", "deterministic carafe_bwd_m",
+                 "bf16 subnormal round trip (FTZ: subnormals → +0, normals exact)"):
+        assert " PASS " in rows[name], rows.get(name)
+    assert any(n.startswith("bench shape") and " PASS " in r for n, r in rows.items())
+    assert any(n.startswith("output of") and " PASS " in r for n, r in rows.items())
+    assert any(n.startswith("bandwidth sapa_fused") and " PASS " in r for n, r in rows.items())
+    for name in ("compute-sanitizer racecheck", "side stream + CUDA graph capture/replay",
+                 "NVML: no throttling during the run"):
+        assert " SKIP " in rows[name], rows.get(name)
+
+
+def test_selfcheck_isolates_a_failing_check():
+    def boom(ctx):
+        raise RuntimeError("launch failed\nsecond line")
+
+    checks = [selfcheck.SelfCheck("first", boom),
+              selfcheck.SelfCheck("second", lambda c: [selfcheck.Result("b", True)])]
+    ctx = selfcheck.Context(device="cpu", target="cpu")
+    rows = selfcheck.run_checks(checks, ctx, log=lambda _: None)
+    assert [(r.name, r.ok) for r in rows] == [("first", False), ("b", True)]
+    assert rows[0].detail.startswith("RuntimeError: launch failed (at ") and "second line" not in rows[0].detail
+    assert selfcheck.table(rows)[-1] == "1 passed, 1 failed, 0 skipped"

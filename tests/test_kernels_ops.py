@@ -103,7 +103,7 @@ def test_argument_errors_name_the_op_and_the_fix():
         sk.sapa_sim(q, k, 4, s)
     with pytest.raises(ValueError, match="sapa_atn: all tensors must share dtype"):
         sk.sapa_atn(_A(torch.float64), v, K, s)
-    with pytest.raises(ValueError, match=r"sapa_sim: high-res tensor has shape \(1, 6, 8, 5\), expected \(1, 9, 12"):
+    with pytest.raises(ValueError, match=r"sapa_sim: q has shape \(1, 6, 8, 5\), expected \(1, 9, 12"):
         sk.sapa_sim(q, k, K, 3)
 
 

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 
 from upbench import _cpu_shim
+from upbench.operators.kernel_binding import CPU_DEFINES
 
 DRIVER = textwrap.dedent("""
     import torch
@@ -36,11 +37,40 @@ DRIVER = textwrap.dedent("""
                 x = torch.randn(B, C, H, W, requires_grad=True)
                 M = torch.randn(B, G * K * K, H * s, W * s, requires_grad=True)
                 ck.reassemble_kernel(x, M, K, s, G).sum().backward()
+            # Bad arguments through the *_into entries: one ValueError each, nothing reaches a kernel. (The
+            # custom ops raise from inside torch's dispatcher, a C++ throw that ASan's preloaded runtime cannot
+            # intercept in this process; their guards are the same checks, run in test_kernels_guards.py.)
+            q, k, v = torch.randn(1, 4, 4, 8), torch.randn(1, 2, 2, 8), torch.randn(1, 2, 2, 8)
+            g, A17 = torch.randn(1, 4, 4, 8), torch.randn(1, 4, 4, 289)
+            calls = [lambda: sk.fused_into(q, k, v, torch.empty(1, 4, 4, 8), 17, 2),
+                     lambda: sk.sim_into(q, k, torch.empty(1, 4, 4, 289), 17, 2),
+                     lambda: sk.atn_into(A17, v, torch.empty(1, 4, 4, 8), 17, 2),
+                     lambda: sk.atn_t_into(A17, g, torch.empty(1, 2, 2, 8), 17, 2),
+                     lambda: sk.fused_into(q, k, v, torch.empty(1, 4, 4, 7), 3, 2),
+                     lambda: sk.atn_into(torch.randn(1, 4, 4, 9), v, torch.empty(1, 4, 4, 8).double(), 3, 2),
+                     lambda: sk.fused_into(q.transpose(1, 2), k, v, torch.empty(1, 4, 4, 8), 3, 2)]
+            for call in calls:
+                try:
+                    call()
+                    print("guard missed", flush=True)
+                except ValueError:
+                    pass
     print("clean", flush=True)
-    with _cpu_shim.use_variant("asan"):  # the canary: must be reported
+    with _cpu_shim.use_variant("asan"):  # the canary, past the guards: must be reported
         v = torch.randn(1, 2, 2, 8)
-        sk.atn_into(torch.randn(1, 4, 4, 9), v, torch.empty(1, 4, 4, 7), 3, 2)
+        sk.FAMILY.launch("atn", 4, torch.randn(1, 4, 4, 9), v, torch.empty(1, 4, 4, 7), 1, 2, 2, 8, 3, 2)
     print("canary missed", flush=True)
+""")
+
+# A launch that bypasses the bindings with K = 17: the debug builds' device-side check stops it first.
+DEVICE_CHECK = textwrap.dedent("""
+    import torch
+    from upbench import _cpu_shim
+    from upbench.operators import sapa_kernels as sk
+    q, k, v = torch.randn(1, 4, 4, 8), torch.randn(1, 2, 2, 8), torch.randn(1, 2, 2, 8)
+    with _cpu_shim.use_variant("asan-simt"):
+        sk.FAMILY.launch("fused", 4, q, k, v, torch.empty(1, 4, 4, 8), 1, 2, 2, 8, 8, 17, 2)
+    print("device check missed", flush=True)
 """)
 
 
@@ -56,10 +86,14 @@ def _skip_reason() -> str | None:
 def test_kernels_run_clean_under_asan_and_ubsan():
     for variant in ("asan", "asan-simt"):  # build here, so a compile error shows as itself
         for family in ("sapa", "carafe"):
-            _cpu_shim.build(family, variant)
+            _cpu_shim.build(family, variant, CPU_DEFINES[variant])
     env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     res = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=300)
     assert "clean" in res.stdout, f"sanitizer report before the canary:\n{res.stderr[-6000:]}"
     assert "canary missed" not in res.stdout and res.returncode != 0
+    assert "guard missed" not in res.stdout
     assert "heap-buffer-overflow" in res.stderr and "sapa.cu" in res.stderr
+    res = subprocess.run([sys.executable, "-c", DEVICE_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "device check missed" not in res.stdout
+    assert "upbench kernel: window size K or scale s out of range" in res.stderr, res.stderr[-3000:]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from upbench import kernel_stats
 from upbench._cpu_shim import kernel_dir
+from upbench.operators import kernel_stats
 
 SOURCES = sorted(p.name for p in kernel_dir().glob("*.cu"))
 PTXAS_SAMPLE = """\

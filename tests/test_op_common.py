@@ -24,6 +24,8 @@ CHECKED_ELSEWHERE = {
     "nearest": "parameter-free interpolation: torch's own op; smoke-suite agreement in tests/test_runner.py",
     "bilinear": "parameter-free interpolation: torch's own op; smoke-suite agreement in tests/test_runner.py",
     "sapa": "the core op on given q, k, v (no module): tests/test_sapa_core.py",
+    **{n: "foundation-model family (image-guided, own shapes and ratios): tests/test_op_vfm.py"
+       for n in ("featup-jbu", "lift", "loftup", "jafar", "anyup", "naf", "uplift")},
 }
 ZOO = tuple(sorted(n for n in registry.operators() if n not in CHECKED_ELSEWHERE))
 aten = torch.ops.aten

@@ -45,7 +45,7 @@ def _run(run_cli, tmp_path, impls, passes='["fwd"]', metrics='["accuracy"]'):
 
 def test_agreement_catches_wrong_and_border_only_bugs(run_cli, tmp_path, fake_plugin):
     code, df = _run(run_cli, tmp_path, ["good", "wrong", "border-bug"], passes='["fwd", "bwd"]')
-    assert code == 0  # disagreement is a result, not a failure
+    assert code == 1  # a disagreement is recorded, every cell still runs, and the run fails (no [[expect]])
     by = {(r.impl, r["pass"]): r for _, r in df.iterrows()}
     assert by[("good", "fwd")]["agree"] and by[("good", "bwd")]["agree"]
     assert not by[("wrong", "fwd")]["agree"]

@@ -1,6 +1,8 @@
-"""Compile and launch upbench's .cu kernels on CUDA through CuPy (NVRTC).
+"""Compile and launch upbench's .cu kernels on CUDA through CuPy (NVRTC): a generic loader.
 
-One compiled module per (kernel family, device), built on first use and cached; CuPy's own disk cache keeps
+A kernel family (``kernels/<family>.cu``) is compiled with the preprocessor defines its binding passes (its
+lane model: ``UPB_LANES``, ``UPB_WARPS``, …); nothing here knows a family. One compiled module per (family,
+defines, device), built on first use and cached; CuPy's own disk cache keeps
 the cubin across processes (its key covers the full source text, which is why local ``#include``s are
 inlined here rather than left to NVRTC). Kernels run on torch's current stream, every buffer comes from
 torch (CuPy never allocates, so torch's memory statistics see everything), and scalars are packed as numpy
@@ -20,19 +22,29 @@ import torch
 from . import _optional
 from ._cpu_shim import kernel_dir
 
-# The CUDA build's lane model (kernels/upb_common.cuh): 32-lane warps, 4 warps a block, 8 channels per lane
-# per chunk, children in pairs. The launch geometry below and kernel_stats use the same numbers.
-DEFINES: dict[str, int] = {"UPB_LANES": 32, "UPB_WARPS": 4, "UPB_VPT": 8, "UPB_VPT_T": 8, "UPB_NC": 2}
-BLOCK = DEFINES["UPB_LANES"] * DEFINES["UPB_WARPS"]
-CHUNK_T = DEFINES["UPB_LANES"] * DEFINES["UPB_VPT_T"]  # channels per warp per atn_t chunk (its grid.y)
+Defines = tuple[tuple[str, int], ...]  # ordered (name, value) pairs: hashable, so a cache key
+
 STD = "c++17"
-# -default-device: NVRTC treats the lambdas inside device functions as host code without it (nvcc does not).
-NVRTC_OPTIONS: tuple[str, ...] = (f"--std={STD}", "-default-device", *(f"-D{k}={v}" for k, v in DEFINES.items()))
+# The floating-point mode of every GPU build, stated once. CuPy appends -ftz=true to whatever options it is
+# given (and NVRTC honours the last occurrence), so the kernels always run with fp32 subnormals flushed; we
+# say so explicitly, and kernel_stats (nvcc) and the CPU shim (MXCSR FTZ+DAZ) use the same mode
+# (docs/kernels.md, "Floating-point mode").
+FLOAT_OPTIONS: tuple[str, ...] = ("--ftz=true", "--prec-div=true", "--prec-sqrt=true", "--fmad=true")
 
 
-def nvcc_options() -> list[str]:
-    """The same build for nvcc (kernel_stats): identical defines and language standard."""
-    return [f"-std={STD}", *(f"-D{k}={v}" for k, v in DEFINES.items())]
+def _defines(defines: Defines) -> list[str]:
+    return [f"-D{k}={v}" for k, v in defines]
+
+
+def nvrtc_options(defines: Defines) -> tuple[str, ...]:
+    """NVRTC options of a family's build (what CuPy compiles with, before its own trailing -ftz=true)."""
+    # -default-device: NVRTC treats the lambdas inside device functions as host code without it (nvcc does not).
+    return (f"--std={STD}", "-default-device", *FLOAT_OPTIONS, *_defines(defines))
+
+
+def nvcc_options(defines: Defines) -> list[str]:
+    """The same build for nvcc (kernel_stats): identical defines, language standard and float mode."""
+    return [f"-std={STD}", *FLOAT_OPTIONS, *_defines(defines)]
 
 
 def unavailable_reason() -> str | None:
@@ -45,29 +57,38 @@ def unavailable_reason() -> str | None:
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 
 
-@cache
-def source(family: str) -> str:
-    """``kernels/<family>.cu`` with its local includes inlined (each once, as ``#pragma once`` would)."""
-    seen: set[str] = set()
+def _expand(family: str) -> tuple[str, list[str]]:
+    seen: list[str] = []
 
     def expand(name: str) -> str:
         if name in seen:
             return ""
-        seen.add(name)
+        seen.append(name)
         text = (kernel_dir() / name).read_text()
         return _INCLUDE.sub(lambda m: expand(m.group(1)), text)
 
-    return expand(f"{family}.cu")
+    return expand(f"{family}.cu"), seen
+
+
+@cache
+def source(family: str) -> str:
+    """``kernels/<family>.cu`` with its local includes inlined (each once, as ``#pragma once`` would)."""
+    return _expand(family)[0]
+
+
+def include_closure(family: str) -> list[str]:
+    """File names (in kernels/) that the GPU build of ``family`` reads: the .cu and every header it includes."""
+    return _expand(family)[1]
 
 
 _lock = threading.Lock()
-_functions: dict[tuple[str, str, int], Any] = {}
-_modules: dict[tuple[str, int], Any] = {}
+_functions: dict[tuple[str, Defines, str, int], Any] = {}
+_modules: dict[tuple[str, Defines, int], Any] = {}
 
 
-def function(family: str, entry: str, device: int) -> Any:
-    """The compiled kernel ``entry`` of ``family`` on CUDA device ``device`` (compiled on first use)."""
-    key = (family, entry, device)
+def function(family: str, entry: str, device: int, defines: Defines) -> Any:
+    """The compiled kernel ``entry`` of ``family`` built with ``defines`` on CUDA device ``device``."""
+    key = (family, defines, entry, device)
     fn = _functions.get(key)
     if fn is not None:
         return fn
@@ -77,16 +98,19 @@ def function(family: str, entry: str, device: int) -> Any:
     cp = _optional.require("cupy")
     with _lock:
         with cp.cuda.Device(device):
-            mod = _modules.get((family, device))
+            mod = _modules.get((family, defines, device))
             if mod is None:
-                mod = cp.RawModule(code=source(family), options=NVRTC_OPTIONS, backend="nvrtc")
-                _modules[(family, device)] = mod
+                mod = cp.RawModule(code=source(family), options=nvrtc_options(defines), backend="nvrtc")
+                _modules[(family, defines, device)] = mod
             fn = _functions[key] = mod.get_function(entry)
     return fn
 
 
-def launch(family: str, entry: str, items: int, *args: torch.Tensor | int, grid_y: int = 1) -> None:
-    """Run kernel ``entry`` over ``items`` warp work items (× ``grid_y``) on torch's current stream."""
+def launch(family: str, entry: str, defines: Defines, items: int, *args: torch.Tensor | int,
+           grid_y: int = 1) -> None:
+    """Run kernel ``entry`` over ``items`` warp work items (× ``grid_y``) on torch's current stream.
+
+    The block is ``UPB_LANES × UPB_WARPS`` threads (from ``defines``), one warp per item."""
     if items <= 0 or grid_y <= 0:
         return
     if grid_y > 65535:
@@ -101,8 +125,9 @@ def launch(family: str, entry: str, items: int, *args: torch.Tensor | int, grid_
             packed.append(np.uint64(a.data_ptr()))
         else:
             packed.append(np.int64(a))
-    grid = min(-(-items // DEFINES["UPB_WARPS"]), 2**31 - 1)  # the kernels grid-stride past this
+    d = dict(defines)
+    grid = min(-(-items // d["UPB_WARPS"]), 2**31 - 1)  # the kernels grid-stride past this
     cp = _optional.require("cupy")
-    fn = function(family, entry, device.index)
+    fn = function(family, entry, device.index, defines)
     with cp.cuda.Device(device.index), cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
-        fn((grid, grid_y), (BLOCK,), tuple(packed))
+        fn((grid, grid_y), (d["UPB_LANES"] * d["UPB_WARPS"],), tuple(packed))

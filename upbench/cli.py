@@ -165,6 +165,11 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"upbench: baseline saved as {out.baseline}", file=sys.stderr)
     print(f"upbench: {len(out.rows)} cells, {out.failed} failed{'' if out.status == 'complete' else ', ' + out.status}"
           f"; results and report in {out.run_dir}", file=sys.stderr)
+    if out.disagreed:
+        ids = [str(r.get("cell_id")) for r in out.disagreed]
+        print(f"upbench: {len(ids)} cells disagree with their reference beyond tolerance ({', '.join(ids[:5])}"
+              f"{', …' if len(ids) > 5 else ''}); declare expected ones in the suite with "
+              "[[expect]] where = {…} reason = \"…\"", file=sys.stderr)
     return out.exit_code
 
 

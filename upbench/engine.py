@@ -180,6 +180,7 @@ class Outcome:
     status: str
     rows: list[dict[str, Any]]
     exit_code: int
+    disagreed: list[dict[str, Any]] = field(default_factory=list)  # rows off their reference, not [[expect]]ed
     baseline: Path | None = None
 
     @property
@@ -353,11 +354,14 @@ class Engine:
         meta.env.setdefault("load", {})["after"] = machine_load()
         order = {cid: i for i, cid in enumerate(meta.cell_ids)}
         rows = sorted(self.kept.values(), key=lambda r: order.get(r["cell_id"], len(order)))
+        by_id = {c.id: c for c in self.plan.cells}
+        mine = [r for r in rows if r["cell_id"] in by_id]
+        disagreed = sweeps.mark_disagreements(self.plan.suite, [by_id[r["cell_id"]] for r in mine], mine)
         write_run(self.run_dir, rows, meta.to_json())
         write_report([self.run_dir], None)
-        out = Outcome(self.run_dir, meta.status, rows, code)
+        out = Outcome(self.run_dir, meta.status, rows, code, disagreed=disagreed)
         if code == EXIT_OK:
-            out.exit_code = EXIT_FAILED if out.failed else EXIT_OK
+            out.exit_code = EXIT_FAILED if out.failed or disagreed else EXIT_OK
             if self.save_baseline:
                 from .baselines import save
 

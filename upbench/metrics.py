@@ -109,6 +109,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("err_interior_max_rel", "", "accuracy", "err_max_rel over interior pixels"),
     Column("err_tol", "", "accuracy", "the operator's tolerance for this dtype"),
     Column("agree", "", "accuracy", "err_max_rel ≤ err_tol"),
+    Column("agree_expected", "", "status", "the suite's `[[expect]]` reason when this row's disagreement is "
+           "declared expected (such a row does not make the run exit 1)"),
 )
 
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)

@@ -85,6 +85,9 @@ class Operator:
     uses_K: bool = True  # whether the kernel-size axis means anything for this operator
     uses_Cy: bool | None = None  # whether Cy is an axis; defaults to `guided`
     channels_last: bool = False  # output is (B, sH, sW, C) rather than (B, C, sH, sW)
+    # Reports group operators by family (e.g. in-network decoder upsamplers apart from upsamplers of frozen
+    # foundation-model features) so the two are never ranked in one table.
+    family: str = "in-network"
     hyperparams: tuple[HyperParam, ...] = ()
     impls: tuple[Impl, ...] = ()
     # Model suites run one impl per operator: the first of these that can run on the device, else the first

@@ -48,6 +48,12 @@ class Skip:
 
 
 @dataclass(frozen=True)
+class Expect(Skip):
+    """A ``[[expect]]`` entry: cells whose disagreement with the reference is expected, and why (shown in the
+    report); any other cell that disagrees beyond tolerance fails the run."""
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
@@ -60,6 +66,7 @@ class Suite:
     skips: tuple[Skip, ...] = ()
     stages: tuple[dict[str, int], ...] = ()
     baseline: str | None = None  # the operator the report's speed-up column divides by (model suites)
+    expects: tuple[Expect, ...] = ()  # cells whose disagreement with the reference is expected, with why
 
 
 @dataclass(frozen=True)
@@ -161,10 +168,10 @@ def _table(raw: dict, key: str, where: str) -> dict:
 
 
 def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
-    unknown = set(raw) - {"suite", "axes", "op", "skip", "stage", "timing"}
+    unknown = set(raw) - {"suite", "axes", "op", "skip", "expect", "stage", "timing"}
     if unknown:
         raise UsageError(where, f"unknown section(s) {', '.join(sorted(unknown))}",
-                         "sections are [suite], [axes], [timing], [[op]], [[skip]], [[stage]]")
+                         "sections are [suite], [axes], [timing], [[op]], [[skip]], [[expect]], [[stage]]")
     meta = _table(raw, "suite", where)
     _check_suite_table(meta, where)
     name = meta.get("name") or Path(source).stem
@@ -183,6 +190,7 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     if not ops:
         raise UsageError(where, "no [[op]] entries", 'add at least one, e.g. [[op]] name = "bilinear"')
     skips = tuple(_skip(s, where) for s in raw.get("skip", []))
+    expects = tuple(Expect(e.where, e.reason) for e in (_skip(s, where, "expect") for s in raw.get("expect", [])))
     stages = tuple(_stage(s, where) for s in raw.get("stage", []))
     if kind == "model" and not stages:
         raise UsageError(where, 'kind = "model" needs at least one [[stage]]')
@@ -190,7 +198,7 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     if baseline is not None and baseline not in {o.name for o in ops}:
         raise UsageError(where, f"baseline {baseline!r} is not one of the suite's [[op]] names")
     return Suite(name, meta.get("description", ""), source, kind, ops, axes, frozenset(metrics), timing, skips,
-                 stages, baseline)
+                 stages, baseline, expects)
 
 
 def _op(o: Any, where: str) -> OpSel:
@@ -208,13 +216,30 @@ def _op(o: Any, where: str) -> OpSel:
     return OpSel(o["name"], tuple(impls) if impls else None, tuple(sorted(o.get("params", {}).items())), own)
 
 
-def _skip(s: Any, where: str) -> Skip:
-    if not isinstance(s, dict) or not isinstance(s.get("where"), dict) or "reason" not in s:
-        raise UsageError(where, "each [[skip]] needs where = {axis = value, …} and reason = \"…\"")
+def _skip(s: Any, where: str, section: str = "skip") -> Skip:
+    if not isinstance(s, dict) or not isinstance(s.get("where"), dict) or not isinstance(s.get("reason"), str) \
+            or not s["reason"].strip() or set(s) - {"where", "reason"}:
+        raise UsageError(where, f"each [[{section}]] needs where = {{axis = value, …}} and reason = \"…\"")
     for k in s["where"]:
         if k not in (*AXES, "op", "impl"):
-            raise UsageError(where, f"[[skip]] names unknown axis {k!r}")
+            raise UsageError(where, f"[[{section}]] names unknown axis {k!r}")
     return Skip(tuple(sorted(s["where"].items())), s["reason"])
+
+
+def mark_disagreements(suite: Suite, cells: list[Cell], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that disagree with their reference beyond tolerance (``agree`` is False) and that no
+    ``[[expect]]`` covers; a covered row gets ``agree_expected`` = the entry's reason, for the report.
+    ``cells[i]`` is the cell of ``rows[i]``. A run with any returned row exits 1."""
+    unexpected = []
+    for cell, row in zip(cells, rows, strict=True):
+        if row.get("agree") is not False:
+            continue
+        exp = next((e for e in suite.expects if any(e.matches(c, cell.impl) for c in cell.stages)), None)
+        if exp is None:
+            unexpected.append(row)
+        else:
+            row["agree_expected"] = exp.reason
+    return unexpected
 
 
 def _stage(s: Any, where: str) -> dict[str, int]:

@@ -109,6 +109,18 @@ def _described(meta: dict[str, Any]) -> str:
     return desc
 
 
+def _family(op: str) -> str:
+    """The operator's declared family; operators not installed here count as the default family."""
+    from .. import registry
+    from ..errors import UsageError
+    from ..plugin import Operator
+
+    try:
+        return registry.get(op).family
+    except UsageError:  # an operator of a merged run that is not installed on this machine
+        return Operator.family
+
+
 def render(runs: list[Run], out: Path) -> str:
     """The markdown text; figures are written beside ``out``."""
     check_rows(runs)
@@ -134,7 +146,14 @@ def render(runs: list[Run], out: Path) -> str:
         if kinds.get(suite) == "model" and not ok_all.empty:
             out_lines += ["### Overhead over the model's upsampling stages", "",
                           paper_table(ok_all[ok_all["pass"] == "fwd"], baselines.get(suite)), ""]
-        for op in dict.fromkeys(sdf["op"]):
+        ops = list(dict.fromkeys(sdf["op"]))
+        families = {op: _family(op) for op in ops}
+        grouped = len(set(families.values())) > 1
+        last = None
+        for op in sorted(ops, key=lambda o: list(dict.fromkeys(families.values())).index(families[o])):
+            if grouped and families[op] != last:
+                last = families[op]
+                out_lines += [f"**Operator family: {last}**", ""]
             ok = ok_all[ok_all["op"] == op]
             out_lines += [f"### {op}", ""]
             if ok.empty:

@@ -67,6 +67,8 @@ def _agree(r: pd.Series) -> str:
     if _num(r.get("err_max_rel")) is None:
         return "–"
     mark = "✓" if r.get("agree") in (True, "True", 1) else "✗"
+    if mark == "✗" and isinstance(r.get("agree_expected"), str) and r["agree_expected"]:
+        mark = f"✗ expected: {r['agree_expected']};"
     return (f"{mark} {_fmt(r['err_max_rel'], '.1e')} (border {_fmt(r['err_border_max_rel'], '.1e')}, "
             f"interior {_fmt(r['err_interior_max_rel'], '.1e')})")
 

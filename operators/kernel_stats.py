@@ -1,8 +1,9 @@
 """Resource use of upbench's CUDA kernels, read from ptxas without a GPU.
 
 ``compile_stats(path, arch)`` compiles one ``.cu`` file with ``nvcc -cubin -Xptxas -v`` using the CUDA
-build's own defines (upbench._cuda) and returns, per kernel entry point, its registers, stack frame, spill
-stores/loads and shared memory. A spill or a stack frame in a hot kernel means local-memory traffic on the
+build's own defines and float mode (kernel_binding.GPU_DEFINES, upbench._cuda.nvcc_options: -ftz=true as
+CuPy compiles) and returns, per kernel entry point, its registers, stack frame, spill stores/loads and
+shared memory. A spill or a stack frame in a hot kernel means local-memory traffic on the
 GPU; the tests fail on either, and reports can show the table.
 """
 
@@ -16,8 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._cpu_shim import kernel_dir
-from ._cuda import nvcc_options
+from upbench._cpu_shim import kernel_dir
+from upbench._cuda import nvcc_options
+
+from .kernel_binding import GPU_DEFINES
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '([^']+)'")
 _PROPS = re.compile(r"Function properties for (\S+)")
@@ -65,7 +68,7 @@ def compile_stats(path: str | os.PathLike[str], arch: str = "sm_90", extra: tupl
     if exe is None:
         raise RuntimeError("nvcc not found (set UPBENCH_NVCC or CUDA_HOME, or put nvcc on PATH)")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [exe, "-cubin", f"-arch={arch}", "-Xptxas", "-v", *nvcc_options(), f"-I{kernel_dir()}", *extra,
+        cmd = [exe, "-cubin", f"-arch={arch}", "-Xptxas", "-v", *nvcc_options(GPU_DEFINES), f"-I{kernel_dir()}", *extra,
                "-o", str(Path(tmp) / "out.cubin"), str(path)]
         res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:

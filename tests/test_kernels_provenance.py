@@ -1,0 +1,88 @@
+"""Provenance: every kernel-backed impl declares its kernels' source closure (kernel_binding.kernel_sources),
+so that editing a .cu/.cuh changes exactly the hashes of the impls that compile it.
+
+The hash is ``upbench.provenance.impl_hash``: sha256 over the operator class's source file, the impl
+factory's source file, every file in ``impl.sources``, and the impl's name. It is computed in a subprocess
+that imports a copy of the package, before and after an edit of one kernel file in that copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from upbench.operators import kernel_binding as kb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HASHES = textwrap.dedent("""
+    import json, sys
+    import upbench
+    from upbench import registry
+    from upbench.provenance import impl_hash  # the harness's own hash, as results record it
+    assert upbench.__file__.startswith(sys.argv[1]), upbench.__file__  # the copy, not the checkout
+
+    print(json.dumps({f"{name}/{impl.name}": impl_hash(op, impl)
+                      for name, op in registry.operators().items() for impl in op.impls}))
+""")
+
+SAPA_OPS = ("sapa", "sapa-b", "sapa-g", "sapa-i")
+SAPA_IMPLS = ("cupy", "cupy-fused", "cpu-kernel", "cpu-kernel-fused")
+REASSEMBLY_OPS = ("a2u", "carafe", "fade")  # the operators whose kernel impls run kernels/carafe.cu
+REASSEMBLY_IMPLS = ("cupy", "cpu-kernel")
+SAPA = {f"{o}/{i}" for o in SAPA_OPS for i in SAPA_IMPLS}
+CARAFE = {f"{o}/{i}" for o in REASSEMBLY_OPS for i in REASSEMBLY_IMPLS}
+
+
+def _hashes(copy: Path) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    res = subprocess.run([sys.executable, "-c", HASHES, str(copy)], cwd=copy, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory) -> Path:
+    copy = tmp_path_factory.mktemp("pkg")
+    for d in ("upbench", "operators", "kernels", "suites"):
+        shutil.copytree(ROOT / d, copy / d, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    return copy
+
+
+def test_kernel_sources_are_the_include_closure_and_bindings():
+    names = {Path(p).name for p in kb.kernel_sources("sapa", "cpu")}
+    assert {"sapa.cu", "window.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py", "sapa_kernels.py",
+            "_cpu_shim.py"} == names
+    names = {Path(p).name for p in kb.kernel_sources("carafe", "cuda")}
+    assert {"carafe.cu", "window.cuh", "upb_common.cuh", "kernel_binding.py", "carafe_kernels.py", "_cuda.py"} == names
+
+
+@pytest.mark.parametrize("edit, changed", [
+    ("kernels/sapa.cu", SAPA),
+    ("kernels/carafe.cu", CARAFE),
+    ("kernels/window.cuh", SAPA | CARAFE),
+    ("kernels/cpu_shim.h", {k for k in SAPA | CARAFE if "cpu-kernel" in k}),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_editing_a_kernel_file_changes_exactly_the_hashes_of_the_impls_that_compile_it(package_copy, edit, changed):
+    before = _hashes(package_copy)
+    path = package_copy / edit
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n// an edit\n")
+        after = _hashes(package_copy)
+    finally:
+        path.write_bytes(original)
+    assert before.keys() == after.keys()
+    assert {k for k in before if before[k] != after[k]} == changed
+    for op in {k.split("/")[0] for k in before}:  # the impls of one operator never share a hash
+        mine = [h for k, h in before.items() if k.split("/")[0] == op]
+        assert len(set(mine)) == len(mine), op

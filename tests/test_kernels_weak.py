@@ -1,0 +1,178 @@
+"""The kernels under the weak-memory SIMT shim (``weak``), and barrier mutants that it must catch.
+
+The ``weak`` build runs the GPU's lane model (kernel_binding.GPU_DEFINES: 4 warps of 32 lanes, 8 channels per
+lane) with shared memory private to a thread until a barrier publishes it, a seeded random thread order
+between synchronisation points, shuffles that publish nothing, poisoned shared memory and blocks in random
+order (kernels/cpu_shim.h). Every kernel must agree with its float64 reference there, under two seeds.
+
+Mutants are generated from the sources: for every barrier call found in kernels/ (kernel_binding.
+barrier_sites), a copy of kernels/ with that one call removed, plus one with all of them removed. Each is
+built and checked in its own process (a race or deadlock report aborts the process), all in one parallel
+batch; every mutant must fail. The table of mutants and how each was caught is printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from upbench import _cpu_shim
+from upbench.operators import kernel_binding as kb
+
+pytestmark = pytest.mark.skipif(_cpu_shim.unavailable_reason() is not None,
+                                reason=str(_cpu_shim.unavailable_reason()))
+
+# Checks every kernel of the families named in argv[2:] on the weak build of the kernel sources in argv[1]
+# (empty: the package's), NaN-poisoned outputs, tiny border-heavy shapes; C = 260 gives a full 256-channel
+# chunk and a tail. Exit 0 and "ok", or 1 and the first disagreement; a race/deadlock report aborts.
+DRIVER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import torch
+    from upbench import _cpu_shim
+    from upbench.operators import carafe_kernels as ck, sapa_kernels as sk
+    from upbench.operators.reassembly import reassemble_reference
+    from upbench.operators.sapa_core import core_reference
+
+    variant, kdir = sys.argv[1], (Path(sys.argv[2]) if sys.argv[2] else None)
+    fams = sys.argv[3:]
+    n = 1 if variant == "race" else 2  # ThreadSanitizer is slow: the smallest shape of each family there
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    def nan(*shape):
+        return torch.full(shape, float("nan"))
+
+    def close(what, got, ref, tol=2e-6):
+        err = (got.double() - ref).abs().max().item() if torch.isfinite(got).all() else float("inf")
+        if not err <= tol * ref.abs().max().item():
+            print(f"FAIL {what}: max error {err:.3g}", flush=True)
+            sys.exit(1)
+
+    with _cpu_shim.use_variant(variant, kdir):
+        if "sapa" in fams:
+            for B, H, W, D, C, K, s in [(1, 2, 3, 5, 7, 3, 2), (1, 2, 2, 33, 260, 5, 3)][:n]:
+                q, k, v = rnd(B, H * s, W * s, D) * D ** -0.5, rnd(B, H, W, D), rnd(B, H, W, C)
+                gr, A = rnd(B, H * s, W * s, C), rnd(B, H * s, W * s, K * K).softmax(-1)
+                f = [t.float() for t in (q, k, v, gr, A)]
+                shape = (B, H, W, D, C, K, s)
+                close(f"sapa fused {shape}", sk.fused_into(f[0], f[1], f[2], nan(B, H * s, W * s, C), K, s),
+                      core_reference(f[0].double(), f[1].double(), f[2].double(), K, s))
+                close(f"sapa sim {shape}", sk.sim_into(f[0], f[1], nan(B, H * s, W * s, K * K), K, s),
+                      sk.sim_reference(f[0].double(), f[1].double(), K, s))
+                close(f"sapa atn {(B, H, W, D, C, K, s)}", sk.atn_into(f[4], f[2], nan(B, H * s, W * s, C), K, s),
+                      sk.atn_reference(f[4].double(), f[2].double(), K, s))
+                close(f"sapa atn_t {(B, H, W, D, C, K, s)}", sk.atn_t_into(f[4], f[3], nan(B, H, W, C), K, s),
+                      sk.atn_t_reference(f[4].double(), f[3].double(), K, s))
+        if "carafe" in fams:
+            for B, C, H, W, K, s, G in [(1, 6, 2, 3, 3, 2, 2), (1, 260, 2, 2, 5, 2, 1)][:n]:
+                x = rnd(B, C, H, W).float().requires_grad_()
+                M = rnd(B, G * K * K, H * s, W * s).softmax(1).float().requires_grad_()
+                dy = rnd(B, C, H * s, W * s).float()
+                y = ck.reassemble_kernel(x, M, K, s, G)
+                dx, dM = torch.autograd.grad(y, (x, M), dy)
+                x64, M64 = x.detach().double().requires_grad_(), M.detach().double().requires_grad_()
+                y64 = reassemble_reference(x64, M64, K, s, G)
+                dx64, dM64 = torch.autograd.grad(y64, (x64, M64), dy.double())
+                for what, a, b in (("fwd", y, y64), ("dx", dx, dx64), ("dM", dM, dM64)):
+                    close(f"carafe {what} {(B, C, H, W, K, s, G)}", a.detach(), b.detach())
+    print("ok", flush=True)
+""")
+FAMILIES = ("sapa", "carafe")
+
+
+TSAN = _cpu_shim.sanitizer_runtime("libtsan.so")
+# weak: the weak-memory model catches a read that a missing barrier leaves unpublished (poison or stale
+# values); race: ThreadSanitizer with shuffles that order nothing catches what no value shows, e.g. a lane
+# overwriting scratch that another lane may still read (write after read).
+VARIANTS = ("weak", "race") if TSAN else ("weak",)
+
+
+def _run(variant: str, kdir: str, fams: list[str], seed: int) -> subprocess.Popen:
+    env = dict(os.environ, UPBENCH_SHIM_SEED=str(seed), OMP_NUM_THREADS="1")
+    if variant == "race":
+        env.update(LD_PRELOAD=TSAN or "", TSAN_OPTIONS="halt_on_error=1 exitcode=66 report_signal_unsafe=0")
+    return subprocess.Popen([sys.executable, "-c", DRIVER, variant, kdir, *fams], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _how(proc: subprocess.Popen, out: str, err: str) -> str:
+    if proc.returncode == 0:
+        return "not caught"
+    lines = (out + err).splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("FAIL ") or "cpu_shim (weak)" in line:
+            return re.sub(r"^cpu_shim \(weak\): ", "", line.removeprefix("FAIL "))
+        if "ThreadSanitizer: data race" in line:
+            accesses = []
+            for j, acc in enumerate(lines[i + 1:], i + 1):
+                if m := re.match(r"\s*(?:Previous )?(read|write) of size \d+", acc, re.IGNORECASE):
+                    frame = re.search(r"#0 (.*) (\S+):(\d+) \(", lines[j + 1]) if j + 1 < len(lines) else None
+                    where = f"{Path(frame.group(2)).name}:{frame.group(3)}" if frame else "?"
+                    accesses.append(f"{m.group(1).lower()} at {where}")
+                if len(accesses) == 2:
+                    break
+            return "data race (ThreadSanitizer): " + " vs ".join(accesses)
+    return f"exit {proc.returncode}: {(err or out).strip().splitlines()[-1] if (err or out).strip() else ''}"
+
+
+def _mutants(tmp: Path) -> list[tuple[str, Path, list[str]]]:
+    """(description, kernel dir, families to check) per mutant: each barrier site removed, then all."""
+    src = _cpu_shim.kernel_dir()
+    sites = kb.barrier_sites()
+    assert sites, "no barrier found in the kernel sources: the mutation test would test nothing"
+    out = []
+
+    def make(name: str, chosen: list[tuple[str, int, str]]) -> Path:
+        d = tmp / name
+        shutil.copytree(src, d, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+        for file, line, call in chosen:
+            lines = (d / file).read_text().split("\n")
+            assert call in lines[line - 1]
+            lines[line - 1] = lines[line - 1].replace(call, "((void)0)", 1)
+            (d / file).write_text("\n".join(lines))
+        return d
+
+    for i, (file, line, call) in enumerate(sites):
+        out.append((f"{file}:{line} {call} removed", make(f"m{i}", [(file, line, call)]),
+                    kb.families_using(file, FAMILIES)))
+    out.append((f"all {len(sites)} barriers removed", make("all", sites),
+                sorted({f for file, _, _ in sites for f in kb.families_using(file, FAMILIES)})))
+    return out
+
+
+def test_weak_memory_mode_runs_every_kernel_and_barrier_mutants_fail(tmp_path, capsys):
+    # Build first, here: a compile error shows as itself, and the subprocesses find the cached builds.
+    for variant in VARIANTS:
+        for fam in FAMILIES:
+            _cpu_shim.build(fam, variant, kb.CPU_DEFINES[variant])
+    mutants = _mutants(tmp_path)
+    todo = [(f"unmutated, {v}, seed {seed}", v, "", list(FAMILIES), seed)
+            for v in VARIANTS for seed in ((1, 2) if v == "weak" else (1,))]
+    todo += [(name, v, str(kdir), fams, 1) for name, kdir, fams in mutants for v in VARIANTS]
+    done: dict[tuple[str, str], str] = {}
+    running: list[tuple[str, str, subprocess.Popen]] = []
+    # One parallel batch; each mutant build is its own g++ run, so at most a few at once.
+    while todo or running:
+        while todo and len(running) < max(3, os.cpu_count() or 2):
+            name, v, kdir, fams, seed = todo.pop(0)
+            running.append((name, v, _run(v, kdir, fams, seed)))
+        name, v, proc = running.pop(0)
+        out, err = proc.communicate(timeout=600)
+        done[(name, v)] = _how(proc, out, err) if proc.returncode else "pass"
+        if name.startswith("unmutated"):
+            assert proc.returncode == 0 and out.strip().endswith("ok"), f"{name}: {done[(name, v)]}\n{err[-3000:]}"
+    table = [f"{name:<34} " + " | ".join(f"{v}: {done[(name, v)]}" for v in VARIANTS) for name, _, _ in mutants]
+    with capsys.disabled():
+        print("\nbarrier mutants:\n  " + "\n  ".join(table))
+    survivors = [name for name, _, _ in mutants if all(done[(name, v)] == "pass" for v in VARIANTS)]
+    assert not survivors, f"mutants not caught: {survivors}"
