@@ -154,9 +154,9 @@ def _stopping(raw: dict, where: str) -> Stopping:
         if want is not bool and (v < 0 or (v == 0 and k in ("budget_s", "min_samples", "max_samples"))):
             raise UsageError(where, f"[timing] {k} = {v!r} must be {'> 0' if k != 'warmup_s' else '≥ 0'}")
     st = Stopping(**raw)
-    if st.min_samples < 3 or st.max_samples < st.min_samples:
+    if st.min_samples < 2 or st.max_samples < st.min_samples:  # a spread (IQR) needs two samples
         raise UsageError(where, f"[timing] min_samples = {st.min_samples}, max_samples = {st.max_samples}",
-                         "need 3 ≤ min_samples ≤ max_samples")
+                         "need 2 ≤ min_samples ≤ max_samples")
     return st
 
 
