@@ -7,7 +7,9 @@ shard, Ray), the stream of finished rows, ``--resume``, signals, and the final `
 ``results.csv`` and ``report.md``, written once at the end (or after an interrupt, from the stream).
 
 The data path of one cell: ``Engine.run`` → ``execute.run_local`` → ``runner.run_cell`` →
-``prepare.prepare`` → each declared metric of ``metrics.METRICS`` → ``rundir.RowStream.append``.
+``prepare.prepare`` → each declared metric of ``metrics.METRICS`` → ``rundir.RowStream.append``. A suite that
+lists ``instructions`` first gets one valgrind pass over all its cells (before the cell loop, so the counts
+ride in :class:`~upbench.metrics.Options` and the ``instructions`` metric files them in each row).
 """
 
 from __future__ import annotations
