@@ -41,6 +41,7 @@ GPU_DEFINES: Defines = _defs(LANES=32, WARPS=4, VPT=8, VPT_T=8, NC=2)
 CPU_DEFINES: dict[str, Defines] = {
     "fast": _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4),
     "simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),
+    "count": _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4),  # fast's lane model, built for valgrind (AVX2)
     "weak": GPU_DEFINES,
     "asan": _defs(LANES=1, WARPS=1, VPT=32, VPT_T=32, NC=2),
     "asan-simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),

@@ -1,22 +1,92 @@
 import json
 
+import pytest
+
 from upbench import ceilings
 
+QUIET = {"load1": 0.0, "cores": 2}
+BUSY = {"load1": 6.0, "cores": 2}
 
-def test_ceilings_are_probed_once_and_cached(tmp_path, monkeypatch):
+
+@pytest.fixture
+def probes(tmp_path, monkeypatch):
+    """Fake probes returning queued values; the cache in tmp_path; no pauses."""
     monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ceilings, "_unkept", {})
+    monkeypatch.setattr(ceilings.time, "sleep", lambda s: None)
+    queue = {"copy": [], "mm": []}
     calls = []
-    monkeypatch.setattr(ceilings, "copy_gbps", lambda d, n: calls.append("copy") or 10.0)
-    monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: calls.append("mm") or 100.0)
-    first = ceilings.ceilings("cpu", "float32")
+
+    def take(kind):
+        calls.append(kind)
+        return queue[kind].pop(0) if queue[kind] else 10.0
+    monkeypatch.setattr(ceilings, "copy_gbps", lambda d, n: take("copy"))
+    monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: take("mm"))
+    monkeypatch.setattr(ceilings, "matmul_size", lambda d, t, n: n)
+    return queue, calls
+
+
+def test_ceilings_are_the_robust_best_of_repeated_probes_kept_once(probes, monkeypatch, tmp_path):
+    queue, calls = probes
+    monkeypatch.setattr(ceilings, "machine_load", lambda: QUIET)
+    queue["copy"] += [10.0, 9.5, 9.8]
+    queue["mm"] += [100.0, 98.0, 99.0]
+    said = []
+    first = ceilings.ceilings("cpu", "float32", say=said.append)
     again = ceilings.ceilings("cpu", "float32")
-    assert first == again and first["copy_GBps"] == 10.0 and calls == ["copy", "mm"]
-    (cached,) = tmp_path.glob("ceilings-*.json")
-    assert json.loads(cached.read_text())["matmul_GFLOPs"] == 100.0
+    assert first == again and first["copy_GBps"] == 10.0 and first["matmul_GFLOPs"] == 100.0
+    assert calls == ["copy"] * 3 + ["mm"] * 3 and "probing" in said[0]  # a long probe says so
+    (kept,) = tmp_path.glob("ceilings-*.json")
+    assert json.loads(kept.read_text())["probed_at"] == first["probed_at"]
+
+
+def test_a_probe_under_load_is_retried_and_never_kept(probes, monkeypatch, tmp_path):
+    _, calls = probes
+    monkeypatch.setattr(ceilings, "machine_load", lambda: BUSY)
+    got = ceilings.ceilings("cpu", "float32", say=lambda s: None)
+    assert "load average 6" in got["not_kept"] and len(calls) == 2 * 6  # tried twice
+    assert not list(tmp_path.glob("ceilings-*.json"))
+    assert ceilings.ceilings("cpu", "float32") is got  # this process does not probe again
+
+
+def test_a_kept_ceiling_is_raised_by_a_better_probe_never_lowered(probes, monkeypatch):
+    queue, _ = probes
+    monkeypatch.setattr(ceilings, "machine_load", lambda: QUIET)
+    ceilings.ceilings("cpu", say=lambda s: None)  # 10 GB/s, 10 GFLOP/s
+    queue["copy"] += [5.0, 5.0, 5.0]
+    queue["mm"] += [20.0, 20.0, 20.0]
+    got = ceilings.ceilings("cpu", reprobe=True, say=lambda s: None)
+    assert got["copy_GBps"] == 10.0 and got["matmul_GFLOPs"] == 20.0
+    assert ceilings.ceilings("cpu") == got
+
+
+def test_robust_best_needs_a_second_probe_to_confirm():
+    assert ceilings.robust_best([10.0, 9.5, 30.0]) == 10.0  # a lone outlier is not the ceiling
+    assert ceilings.robust_best([10.0, 5.0, 1.0]) == 5.0  # no two agree: the median
+    assert ceilings.spread([1.0, 1.0, 2.0]) == 1.0
+
+
+def test_a_row_above_a_roof_reprobes_and_names_its_ceiling():
+    asked = []
+
+    def get(device, dtype, reprobe=False):
+        asked.append(reprobe)
+        return ({"matmul_GFLOPs": 1.0, "copy_GBps": 1.0, "key": "k", "probed_at": "old"} if not reprobe else
+                {"matmul_GFLOPs": 100.0, "copy_GBps": 100.0, "key": "k", "probed_at": "new"})
+    row = {"latency_median_ms": 1.0, "flops": 2e7, "min_bytes": 1e7}  # 20 GFLOP/s, 10 GB/s
+    cols = ceilings.roof_columns(row, "cpu", "float32", "fwd", get=get)
+    assert asked == [False, True] and cols["pct_compute_roof"] == pytest.approx(20.0)
+    assert cols["pct_bw_roof"] == pytest.approx(10.0) and cols["roof_probed_at"] == "new"
+
+
+def test_matmul_probe_size_follows_the_dtype_speed(monkeypatch):
+    monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: {"float32": 200.0, "float16": 1.0}[t])
+    assert ceilings.matmul_size("cpu", "float32", 2048) == 2048  # 2·2048³ / 200 GFLOP/s ≈ 86 ms
+    assert ceilings.matmul_size("cpu", "float16", 2048) == 256  # 1 GFLOP/s: the smallest size
 
 
 def test_probes_measure_something_real():
     assert ceilings.copy_gbps("cpu", 8 << 20) > 0.1
     assert ceilings.matmul_gflops("cpu", "float32", 128) > 0.01
-    cal = ceilings.calibrate("cpu")
-    assert cal["copy_ms"] > 0 and cal["matmul_ms"] > 0
+    cal = ceilings.calibrate("cpu", say=lambda s: None)
+    assert cal["copy_ms"] > 0 and cal["matmul_ms"] > 0 and cal["copy_spread"] >= 0 and "load1" in cal["load"]

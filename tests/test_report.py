@@ -58,3 +58,53 @@ def test_scaling_fit_and_diagnosis():
                               "W": None, "s": 2, "latency_median_ms": [1.0, 4.0, 16.0, 64.0]})
     (f,) = fits(synthetic)
     assert abs(f.slope - 1.0) < 1e-9
+
+
+def test_scaling_gives_no_diagnosis_from_noisy_rows():
+    base = {"op": "x", "impl": "y", "pass": "fwd", "stages": None, "B": 1, "H": [8, 16, 32, 64], "W": None, "s": 2,
+            "latency_median_ms": [1.0, 1.0, 16.0, 640.0]}
+    (f,) = fits(pd.DataFrame({**base, "latency_noise": ["noisy", "contended", "noisy", "stable"]}))
+    assert f.verdict.startswith("no diagnosis: 3 of 4")
+    (f,) = fits(pd.DataFrame({**base, "latency_noise": ["noisy", "stable", "stable", "stable"]}))
+    assert "tentative: 1 of 4" in f.verdict
+
+
+def test_numbers_print_plainly():
+    from upbench.report.tables import _fmt
+
+    assert _fmt(100.0) == "100" and _fmt(11870.4, ".4g") == "11870" and _fmt(0.00123) == "0.00123"
+    assert _fmt(1.5) == "1.5" and _fmt(2e-9, ".1e") == "2.0e-09" and _fmt(None) == "–"
+
+
+def test_busy_run_is_warned_and_overridden_description_marked(run_cli, tmp_path):
+    import json
+
+    run = tmp_path / "busy"
+    shutil.copytree(DATA, run)
+    doc = json.loads((run / "results.json").read_text())
+    doc["meta"]["env"]["load"] = {"before": {"load1": 6.2, "cores": 2}, "after": {"load1": 0.1, "cores": 2}}
+    doc["meta"]["suite"]["description"] = "Every operator at three sizes."
+    doc["meta"]["command"] = "upbench run --suite tiny --op sapa --set H=8"
+    doc["rows"][0]["latency_noise"] = "contended"
+    (run / "results.json").write_text(json.dumps(doc))
+    code, _, err = run_cli("report", run, "--out", tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert code == 0, err
+    assert "Warning — busy: the machine was busy (before: load average 6.2 on 2 cores)" in text
+    assert "1 row(s) had most samples preempted" in text
+    assert "this run overrode it with --op, --set" in text
+
+
+def test_report_refuses_rows_without_the_schema_columns(run_cli, tmp_path):
+    import json
+
+    (tmp_path / "results.json").write_text(json.dumps({"schema": 1, "meta": {}, "rows": [{"x": 1}]}))
+    code, _, err = run_cli("report", tmp_path / "results.json", "--out", tmp_path / "r.md")
+    assert code == 2 and "rows lack the column(s) suite" in err and not (tmp_path / "r.md").exists()
+
+
+def test_line_figures_give_every_series_its_own_colour():
+    from upbench.report.plots import _style
+
+    styles = {(_style(i)["color"], _style(i)["marker"]) for i in range(60)}
+    assert len(styles) == 60 and len({_style(i)["color"] for i in range(20)}) == 20

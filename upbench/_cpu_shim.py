@@ -57,6 +57,8 @@ VARIANTS: dict[str, Variant] = {
     for v in (
         Variant("fast", ("-O3", "-march=native", "-fopenmp"), simt=False),
         Variant("simt", ("-O1", "-pthread"), simt=True),
+        # upbench.instructions: `fast` for AVX2 (x86-64-v3), which valgrind can run (it has no AVX-512).
+        Variant("count", ("-O3", "-march=x86-64-v3", "-fopenmp"), simt=False),
         Variant("weak", ("-O1", "-pthread", "-DUPB_WEAK=1"), simt=True),
         Variant("asan", (*_SAN, "-march=native", "-fopenmp"), simt=False),
         Variant("asan-simt", (*_SAN, "-pthread"), simt=True),

@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--normalise", action="store_true", help="divide times by each run's calibration workload")
     cmp_.add_argument("--strict", action="store_true", help="exit 3 when AMBIGUOUS rows remain")
     cmp_.add_argument("--allow-cross-device", action="store_true", help="compare different device classes")
+    cmp_.add_argument("--instr-threshold", type=float, default=None,
+                      help="minimum effect on instructions per call, where both sides counted them (default 0.02)")
+    cmp_.add_argument("--allow-disjoint", action="store_true",
+                      help="compare runs of different suites or with no cell in common (else exit 2)")
     cmp_.add_argument("--out", type=Path, help="also write the markdown summary here")
     cmp_.add_argument("--if-missing", choices=("fail", "pass"), default="fail",
                       help="baseline:NAME absent for this device class: usage error (default) or pass with a note")
@@ -107,6 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"operators": data, "broken": registry.broken_plugins(),
                           "suites": sorted(builtin_suites())}, indent=1))
         return EXIT_OK
+    width = max((len(i["name"]) for d in data for i in d["impls"]), default=12)
     for d in data:
         guided = " (guided)" if d["guided"] else ""
         hp = ", ".join(f"{k}={v}" for k, v in d["hyperparams"].items())
@@ -117,7 +122,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 why = i["unavailable"].get(dev)
                 where.append(f"{dev}: {'available' if not why else 'unavailable — ' + why}")
             flags = ("" if i["backward"] else ", forward-only") + ("" if i["deterministic"] else ", non-deterministic")
-            print(f"  {i['name']:<12} {'; '.join(where)}{flags}")
+            print(f"  {i['name']:<{width}} {'; '.join(where)}{flags}")
     for name, why in registry.broken_plugins().items():
         print(f"{name}: BROKEN PLUGIN — {why}")
     print("suites: " + ", ".join(sorted(builtin_suites())))
@@ -126,6 +131,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from .engine import Engine, Request, default_run_dir, plan
+    from .outdir import check_dir
 
     command = "upbench " + shlex.join(argv)
     if args.resume:
@@ -150,8 +156,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             for c in p.cells:
                 print(f"{c.id}  {c.impl:<12} {' + '.join(s.label() for s in c.stages)}  {c.skip or 'run'}")
             return EXIT_OK
-        engine = Engine(p, args.out or default_run_dir(p.suite), command, force=args.force,
-                        progress=not args.no_progress, save_baseline=args.save_baseline)
+        run_dir = args.out or default_run_dir(p.suite)
+        check_dir(run_dir, f"--out {run_dir}")  # a file, or not writable: refused before any probe or cell
+        engine = Engine(p, run_dir, command, force=args.force, progress=not args.no_progress,
+                        save_baseline=args.save_baseline)
     out = engine.run()
     if out.baseline:
         print(f"upbench: baseline saved as {out.baseline}", file=sys.stderr)
@@ -168,6 +176,10 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.out:
+        from .outdir import check_file
+
+        check_file(args.out, f"--out {args.out}")
     print(write_report(args.runs, args.out))
     return EXIT_OK
 
@@ -176,6 +188,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from . import baselines, compare
 
     thresholds = compare.load_thresholds(args.thresholds, args.threshold)
+    instr_t = compare.INSTR_THRESHOLD if args.instr_threshold is None else args.instr_threshold
+    if not 0 < instr_t < 10:
+        raise UsageError("--instr-threshold", f"{instr_t} is not a fraction > 0", "e.g. --instr-threshold 0.02")
+    if args.out:
+        from .outdir import check_file
+
+        check_file(args.out, f"--out {args.out}")
     try:
         base = baselines.resolve(args.base, args.new)
     except baselines.MissingBaseline as exc:
@@ -183,7 +202,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise
         print(f"upbench: no gate: {exc}", file=sys.stderr)
         return EXIT_OK
-    df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device)
+    df = compare.compare(base, args.new, thresholds, args.normalise, args.allow_cross_device, instr_t,
+                         args.allow_disjoint)
     text = compare.markdown(df, base, args.new, args.normalise)
     if args.out:
         from .results import atomic_write
@@ -195,8 +215,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge
+    from .outdir import check_dir
     from .report import write_report
 
+    check_dir(args.out, f"--out {args.out}")
     code = merge(args.shards, args.out, args.force)
     if code == EXIT_OK:
         write_report([args.out], None)

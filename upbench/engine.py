@@ -7,7 +7,9 @@ shard, Ray), the stream of finished rows, ``--resume``, signals, and the final `
 ``results.csv`` and ``report.md``, written once at the end (or after an interrupt, from the stream).
 
 The data path of one cell: ``Engine.run`` → ``execute.run_local`` → ``runner.run_cell`` →
-``prepare.prepare`` → each declared metric of ``metrics.METRICS`` → ``rundir.RowStream.append``.
+``prepare.prepare`` → each declared metric of ``metrics.METRICS`` → ``rundir.RowStream.append``. A suite that
+lists ``instructions`` first gets one valgrind pass over all its cells (before the cell loop, so the counts
+ride in :class:`~upbench.metrics.Options` and the ``instructions`` metric files them in each row).
 """
 
 from __future__ import annotations
@@ -268,15 +270,19 @@ class Engine:
 
     def _start_meta(self) -> RunMeta:
         from .env import fingerprint
+        from .timing import machine_load
 
         p = self.plan
+        load = machine_load()  # before any probe: what the neighbours were doing
         cal, ceil = _calibrate(p.suite, p.cells)
+        env = fingerprint()
+        env["load"] = {"before": load}
         return RunMeta(
             suite={"name": p.suite.name, "description": p.suite.description, "source": p.suite.source,
                    "kind": p.suite.kind, "metrics": sorted(p.suite.metrics), "fingerprint": p.sweep_id,
                    "sha256": p.suite_sha256, "baseline": p.suite.baseline},
             command=self.command, started=datetime.now(UTC).isoformat(timespec="seconds"), status="running",
-            stopping=p.stopping.__dict__, env=fingerprint(), cells=len(p.cells), shard=p.shard,
+            stopping=p.stopping.__dict__, env=env, cells=len(p.cells), shard=p.shard,
             executor=p.request.executor, upbench=__version__, request=p.request.to_json(),
             impl_hashes=_hashes(p.cells), cell_ids=[c.id for c in p.cells], calibration=cal, ceilings=ceil)
 
@@ -303,9 +309,14 @@ class Engine:
         meta, cells = self.meta, self.plan.cells
         assert meta is not None
         cal = meta.calibration or {}
-        opts = Options(self.plan.suite.name, self.plan.suite.metrics, self.plan.stopping,
-                       next(iter(cal.values())) if len(cal) == 1 else None)
         todo = [c for c in cells if c.id not in self.kept]
+        try:
+            instr = _count_instructions(todo) if "instructions" in self.plan.suite.metrics else None
+        except KeyboardInterrupt as exc:
+            meta.status = "interrupted"
+            return self._finish(exit_code_of(exc))
+        opts = Options(self.plan.suite.name, self.plan.suite.metrics, self.plan.stopping,
+                       next(iter(cal.values())) if len(cal) == 1 else None, instr)
         bar = Progress(len(cells), len(cells) - len(todo), self.progress)
         classes: dict[str, str] = {}
         stream = rundir.RowStream(self.run_dir)
@@ -316,12 +327,13 @@ class Engine:
         code = EXIT_OK
         try:
             for j, row in rows:
-                dev = todo[j].case.device
-                row.setdefault("device_class", classes.setdefault(dev, device_class(dev)))
+                dev, threads = todo[j].case.device, row.get("torch_threads")
+                row.setdefault("device_class", classes.setdefault(f"{dev}/{threads}",
+                                                                  device_class(dev, threads=threads)))
+                self.kept[row["cell_id"]] = row  # first: a SIGTERM inside append must not lose a streamed row
                 t = time.perf_counter()
                 stream.append(row)
                 meta.write_s += time.perf_counter() - t
-                self.kept[row["cell_id"]] = row
                 bar.finished()
             meta.status = "complete"
         except KeyboardInterrupt as exc:
@@ -337,9 +349,11 @@ class Engine:
     def _finish(self, code: int) -> Outcome:
         """The final files, from what was measured: results.json, results.csv, report.md (and a baseline)."""
         from .report import write_report
+        from .timing import machine_load
 
         meta = self.meta
         assert meta is not None
+        meta.env.setdefault("load", {})["after"] = machine_load()
         order = {cid: i for i, cid in enumerate(meta.cell_ids)}
         rows = sorted(self.kept.values(), key=lambda r: order.get(r["cell_id"], len(order)))
         by_id = {c.id: c for c in self.plan.cells}
@@ -355,6 +369,20 @@ class Engine:
 
                 out.baseline = save(self.run_dir, self.save_baseline)
         return out
+
+
+def _count_instructions(cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """The instruction pass: every runnable CPU cell counted in one valgrind child, before the cell loop (the
+    ``instructions`` metric files each cell's counts in its row)."""
+    import sys
+
+    from .instructions import for_cells
+
+    n = sum(1 for c in cells if not c.skip and c.case.device == "cpu")
+    if n:
+        print(f"upbench: counting instructions of {n} cells under valgrind (about 20 s plus 1–10 s a cell)…",
+              file=sys.stderr, flush=True)
+    return for_cells(cells)
 
 
 def _label(cell: Cell) -> str:

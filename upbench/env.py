@@ -100,16 +100,17 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
-def device_class(device: str, env: dict[str, Any] | None = None) -> str:
+def device_class(device: str, env: dict[str, Any] | None = None, threads: int | None = None) -> str:
     """What makes timings comparable: the GPU's name, or "<CPU model> / <N> threads".
 
-    From a stored fingerprint ``env`` (an old run without per-row classes), else from this process. The one
-    spelling of a device class: baselines, compare, reports and the ceilings cache all use it.
+    From a stored fingerprint ``env`` (an old run without per-row classes), else from this process; ``threads``:
+    the torch threads a row ran with (a one-thread suite's rows are a one-thread class), else this process's.
+    The one spelling of a device class: baselines, compare, reports and the ceilings cache all use it.
     """
     if env is None:
         if device == "cuda":
             return torch.cuda.get_device_name()
-        return f"{_cpu_model()} / {torch.get_num_threads()} threads"
+        return f"{_cpu_model()} / {threads or torch.get_num_threads()} threads"
     gpus = env.get("gpu", {}).get("devices") or []
     if device == "cuda" and gpus:
         return gpus[0]["name"]

@@ -110,5 +110,6 @@ def _run_cell_task(cell: Cell, opts: Options) -> Row:
     from .env import device_class
 
     row = run_cell(cell, opts)
-    row["device_class"] = device_class(cell.case.device)  # the worker's device, not the driver's
+    # the worker's device, not the driver's; the threads the row ran with
+    row["device_class"] = device_class(cell.case.device, threads=row.get("torch_threads"))
     return row

@@ -54,12 +54,28 @@ COLUMNS: tuple[Column, ...] = (
     Column("latency_inner", "", "latency", "calls per sample (CPU: calibrated so a sample lasts ≥ 1 ms)"),
     Column("latency_stop", "", "latency", "why sampling stopped: `converged` (IQR/median under target), `budget`, "
            "`max_samples`"),
-    Column("latency_noise", "", "latency", "`stable` if IQR/median ≤ the suite's target, else `noisy`"),
+    Column("latency_noise", "", "latency", "`contended` if most CPU samples were preempted (their time is the "
+           "machine's load), else `stable` if IQR/median ≤ the suite's target, else `noisy`"),
     Column("latency_mode", "", "latency", "`cpu`, `cuda-cold` (L2 flushed before each sample) or `cuda-warm`; "
            "`-graph` when timed as CUDA-graph replays"),
     Column("latency_samples_ms", "ms", "latency", "every per-call sample time, JSON list (for `compare`)"),
     Column("latency_norm", "", "latency", "latency_median_ms / this run's calibration score (geometric mean of "
            "a 4 MiB copy and a 512² matmul, ms): comparable across sibling machines"),
+    # Contention and first-touch cost (CPU rows), instruction counts: docs/ci.md, "Busy machines".
+    Column("latency_preempted", "", "latency", "CPU: samples discarded because the scheduler took the CPU away "
+           "(an involuntary context switch and less CPU time than wall time × threads)"),
+    Column("latency_cpu_over_wall", "", "latency", "CPU: median over samples of process CPU time / wall time "
+           "(about the thread count when nothing else competes)"),
+    Column("minor_faults_per_call", "", "latency", "CPU: minor page faults per call while sampling (a fresh "
+           "large output is faulted in on every call)"),
+    Column("thp_mem_alloc", "", "latency", "CPU: the THP_MEM_ALLOC_ENABLE setting of torch's allocator "
+           "(`1`: 2 MiB-aligned blocks, far fewer faults) or `unset`"),
+    Column("instructions_per_call", "", "instructions", "CPU: retired instructions per call (valgrind callgrind, "
+           "median of samples): unchanged by load; `compare` gates on it when both sides have it"),
+    Column("instructions_samples", "", "instructions", "CPU: instructions per call of every sample, JSON list"),
+    Column("instructions_tool", "", "instructions", "what counted them (callgrind and its version)"),
+    Column("instructions_reason", "", "instructions", "why instructions were not counted (valgrind missing, CUDA row, "
+           "the impl failed under valgrind)"),
     Column("throttled", "", "latency", "CUDA: the GPU reported power/thermal clock events or violation time "
            "during the latency pass (NVML before and after); empty on the CPU"),
     Column("throttle_reasons", "", "latency", "which NVML clock-event reasons or violation counters fired"),
@@ -72,14 +88,18 @@ COLUMNS: tuple[Column, ...] = (
     Column("vm_hwm_delta_bytes", "B", "memory", "CPU cross-check: VmHWM after the call minus VmRSS before it "
            "(physical pages; roughly equals the allocator peak for large allocations)"),
     Column("params", "", "counts", "learned parameters of the module (model suites: summed over stages)"),
-    Column("macs", "MAC", "counts", "analytic multiply-accumulates of the pass (DESIGN §6); bwd = the operator's "
-           "backward formula"),
+    Column("macs", "MAC", "counts", "analytic multiply-accumulates of the pass (docs/design.md §6); bwd = the "
+           "operator's backward formula"),
     Column("flops", "FLOP", "counts", "2 × macs"),
     Column("min_bytes", "B", "counts", "bytes an ideal forward must move: inputs read once, output written once"),
     Column("gflops_per_s", "GFLOP/s", "roofline", "flops / median latency"),
     Column("gbytes_per_s", "GB/s", "roofline", "min_bytes / median latency (forward passes only)"),
     Column("pct_compute_roof", "%", "roofline", "gflops_per_s / the device's probed matmul GFLOP/s for this dtype"),
     Column("pct_bw_roof", "%", "roofline", "gbytes_per_s / the device's probed copy bandwidth"),
+    Column("roof_key", "", "roofline", "which ceilings the roof shares used: machine, device, torch, dtype "
+           "(`not kept: …` when they were probed under load for this run only)"),
+    Column("roof_probed_at", "", "roofline", "when those ceilings were probed (UTC); a row above 100 % of a roof "
+           "makes upbench probe again before it is reported"),
     Column("bitwise_repeatable", "", "determinism", "two runs of the call gave bit-identical results (outputs or "
            "gradients): the determinism metric"),
     Column("err_max_abs", "", "accuracy", "max |impl − float64 reference| (bwd: over every gradient)"),
@@ -134,6 +154,8 @@ class Options:
     metrics: frozenset[str]
     stopping: Stopping
     calibration: dict[str, float] | None = None  # this run's calibrate() result, with "score_ms"
+    # instruction columns per cell id, counted by the engine under valgrind before the cell loop
+    instructions: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -163,7 +185,7 @@ class Metric:
     needs_run: bool = True
     devices: tuple[str, ...] = ("cpu", "cuda")
     requires: tuple[str, ...] = field(default=())  # keys of the row that must be present
-    opt_in: bool = False
+    opt_in: bool = False  # a selectable metric run only when a suite names it (not by default)
     after_status: bool = False
 
     @property
@@ -213,6 +235,7 @@ def _latency(ctx: Context) -> dict[str, Any]:
                latency_rel_iqr=lat.rel_iqr, latency_n=len(lat.samples), latency_inner=lat.inner,
                latency_stop=lat.stop, latency_noise=lat.verdict(st.target_rel_iqr), latency_mode=lat.mode,
                latency_samples_ms=json.dumps([round(s * 1e3, 6) for s in lat.samples]))
+    out.update(timing.contention_columns(lat, device))
     if ctx.options.calibration:
         out["latency_norm"] = out["latency_median_ms"] / ctx.options.calibration["score_ms"]
     return out
@@ -250,17 +273,17 @@ def _determinism(ctx: Context) -> dict[str, Any]:
 
 
 def _roofline(ctx: Context) -> dict[str, Any]:
-    from .ceilings import ceilings
+    from .ceilings import roof_columns
 
-    case, row = ctx.cell.case, ctx.row
-    lat_s = row["latency_median_ms"] * 1e-3
-    roof = ceilings(case.device, case.dtype)
-    out = {"gflops_per_s": row["flops"] / lat_s / 1e9}
-    out["pct_compute_roof"] = 100 * out["gflops_per_s"] / roof["matmul_GFLOPs"]
-    if case.pass_ == "fwd":
-        out["gbytes_per_s"] = row["min_bytes"] / lat_s / 1e9
-        out["pct_bw_roof"] = 100 * out["gbytes_per_s"] / roof["copy_GBps"]
-    return out
+    case = ctx.cell.case
+    return roof_columns(ctx.row, case.device, case.dtype, case.pass_)  # re-probes above 100 % of a roof
+
+
+def _instructions(ctx: Context) -> dict[str, Any]:
+    # Counted for every cell of the run in one valgrind child before the cell loop (upbench.instructions);
+    # this metric only files the cell's counts (or the reason there are none) under its declaration.
+    counted = ctx.options.instructions or {}
+    return counted.get(ctx.cell.id, {"instructions_reason": "not counted"})
 
 
 def _backend(ctx: Context) -> dict[str, Any]:
@@ -286,7 +309,8 @@ def _trust(ctx: Context) -> dict[str, Any]:
 
 # In the order they run: counts for every row (skipped ones too); agreement before the callable is built;
 # each measured metric in its own pass; the backend once every call has run; the roofline and the
-# speed-of-light floor from what latency and counts left in the row; trust last, from the finished row.
+# speed-of-light floor from what latency and counts left in the row; the instruction counts (taken before the
+# cell loop) filed next, so a cell that fails a metric does not get them; trust last, from the finished row.
 METRICS: tuple[Metric, ...] = (
     Metric("counts", "the operator's analytic formulas, summed over stages", _counts, selectable=False,
            needs_run=False),
@@ -307,6 +331,8 @@ METRICS: tuple[Metric, ...] = (
            selectable=False, requires=("latency_median_ms",)),
     Metric("floor", "max(flops / matmul ceiling, min_bytes / copy ceiling) against the median latency", _floor,
            selectable=False, requires=("latency_median_ms",)),
+    Metric("instructions", "valgrind callgrind: retired instructions per call, every runnable CPU cell counted "
+           "in one child process before the cell loop", _instructions, opt_in=True),
     Metric("trust", "the failed checks of the finished row (status, agreement, properties, floor, timing)",
            _trust, selectable=False, needs_run=False, after_status=True),
 )
@@ -330,7 +356,8 @@ def metrics_table() -> str:
     """The metric reference of docs/results.md: each declared metric, when it runs, how it is measured."""
     lines = ["| metric | runs | devices | how | columns |", "|---|---|---|---|---|"]
     for m in METRICS:
-        runs = ("when the suite lists it" if m.selectable else "last, on every row that ran" if m.after_status
+        runs = ("when the suite lists it" + (" (not by default)" if m.opt_in else "") if m.selectable
+                else "last, on every row that ran" if m.after_status
                 else "always" if not m.requires else "after latency")
         cols = ", ".join(f"`{c.name}`" for c in m.columns)
         lines.append(f"| {m.name} | {runs} | {', '.join(m.devices)} | {m.how} | {cols} |")

@@ -21,6 +21,7 @@ import torch
 
 from . import registry
 from .axes import STAGE_KEYS
+from .contract import check_stages
 from .metrics import METRICS, Context, Metric, Options
 from .prepare import prepare
 from .provenance import impl_hash
@@ -88,6 +89,7 @@ def run_cell(cell: Cell, opts: Options) -> dict[str, Any]:
         with _threads(cell.case.threads):
             row["torch_threads"] = torch.get_num_threads()
             ctx.prepared = prepare(cell)
+            check_stages(ctx.prepared.stages, cell.impl)  # the plugin contract and finite outputs, before any metric
             for m in METRICS:
                 if m.needs_run and m.applies(ctx):
                     _apply(m, ctx)

@@ -9,6 +9,8 @@ upsampling stage. See docs/suites.md.
 from __future__ import annotations
 
 import itertools
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -116,10 +118,58 @@ def load(name_or_path: str) -> Suite:
     path = find(name_or_path)
     where = f"suite {path.name}"
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(where, f"is not UTF-8 text (byte {exc.start})", "TOML files are UTF-8") from None
+    except OSError as exc:
+        raise UsageError(where, f"cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(where, f"malformed TOML: {exc}") from None
     return parse(raw, where, str(path))
+
+
+SUITE_KEYS = ("name", "description", "kind", "metrics", "passes", "baseline")
+
+
+def _check_suite_table(meta: dict, where: str) -> None:
+    """[suite]: known keys only; a name that is safe as a directory name; metrics as a list of strings."""
+    unknown = sorted(set(meta) - set(SUITE_KEYS))
+    if unknown:
+        raise UsageError(where, f"unknown key(s) in [suite]: {', '.join(unknown)}", f"keys are {', '.join(SUITE_KEYS)}")
+    name = meta.get("name")
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
+        raise UsageError(where, f"[suite] name {name!r} is not a plain name",
+                         "use letters, digits, '.', '_' and '-' (it names the run directory)")
+    for key in ("description", "kind", "baseline"):
+        if key in meta and not isinstance(meta[key], str):
+            raise UsageError(where, f"[suite] {key} must be a string")
+    metrics = meta.get("metrics")
+    if metrics is not None and (not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)):
+        raise UsageError(where, f"[suite] metrics = {metrics!r} must be a list of strings",
+                         'e.g. metrics = ["latency", "memory"]')
+
+
+def _stopping(raw: dict, where: str) -> Stopping:
+    """[timing] → Stopping, every value checked for type and range here rather than failing every cell later."""
+    fields = Stopping.__dataclass_fields__
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UsageError(where, f"unknown [timing] key(s) {', '.join(unknown)}", f"keys are {', '.join(fields)}")
+    for k, v in raw.items():
+        want = bool if k in ("cold", "cuda_graph") else int if k in ("min_samples", "max_samples") else float
+        ok = isinstance(v, bool) if want is bool else (
+            isinstance(v, int) and not isinstance(v, bool) if want is int else
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+        if not ok:
+            kind = "true or false" if want is bool else want.__name__
+            raise UsageError(where, f"[timing] {k} = {v!r} must be {kind}")
+        if want is not bool and (v < 0 or (v == 0 and k in ("budget_s", "min_samples", "max_samples"))):
+            raise UsageError(where, f"[timing] {k} = {v!r} must be {'> 0' if k != 'warmup_s' else '≥ 0'}")
+    st = Stopping(**raw)
+    if st.min_samples < 2 or st.max_samples < st.min_samples:  # a spread (IQR) needs two samples
+        raise UsageError(where, f"[timing] min_samples = {st.min_samples}, max_samples = {st.max_samples}",
+                         "need 2 ≤ min_samples ≤ max_samples")
+    return st
 
 
 def _table(raw: dict, key: str, where: str) -> dict:
@@ -135,6 +185,7 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
         raise UsageError(where, f"unknown section(s) {', '.join(sorted(unknown))}",
                          "sections are [suite], [axes], [timing], [[op]], [[skip]], [[expect]], [[stage]]")
     meta = _table(raw, "suite", where)
+    _check_suite_table(meta, where)
     name = meta.get("name") or Path(source).stem
     kind = meta.get("kind", "sweep")
     if kind not in KINDS:
@@ -146,12 +197,7 @@ def parse(raw: dict, where: str, source: str = "<inline>") -> Suite:
     axes = {k: normalise(k, v, where) for k, v in _table(raw, "axes", where).items()}
     if "passes" in meta:
         axes["pass"] = normalise("pass", meta["passes"], where)
-    timing_raw = _table(raw, "timing", where)
-    try:
-        timing = Stopping(**timing_raw)
-    except TypeError:
-        raise UsageError(where, f"unknown [timing] key in {sorted(timing_raw)}",
-                         f"keys are {', '.join(Stopping.__dataclass_fields__)}") from None
+    timing = _stopping(_table(raw, "timing", where), where)
     ops = tuple(_op(o, where) for o in raw.get("op", []))
     if not ops:
         raise UsageError(where, "no [[op]] entries", 'add at least one, e.g. [[op]] name = "bilinear"')
@@ -227,8 +273,8 @@ def _case_for(op: Operator, sel: OpSel, vals: dict[str, Any]) -> Case:
     kw = {BY_NAME[k].attr: v for k, v in vals.items()}
     if not op.uses_K:
         kw["K"] = None
-    if not op.has_Cy:
-        kw["Cy"] = None
+    if not op.has_Cy and not (op.guided and kw.get("Cy") not in (None, kw.get("C"))):
+        kw["Cy"] = None  # kept when unequal on a guided op: its check() rejects it rather than drop it silently
     elif kw.get("Cy") == kw.get("C"):
         kw["Cy"] = None
     if kw.get("W") == kw.get("H"):

@@ -2,9 +2,14 @@
 
 CPU samples use ``time.perf_counter`` around an inner loop calibrated so one sample lasts ≥ ``min_sample_s``
 (the timer's resolution and Python's call overhead then stay below 1 %); garbage collection is off while
-sampling. CUDA samples use CUDA events around one call each, after an L2 flush with a buffer of the
-device's L2 size unless ``cold=False``. Both stop when IQR/median ≤ target after ``min_samples``, or when
-the budget ends — then the row's noise verdict says so instead of pretending.
+sampling. Beside wall time each CPU sample reads the process's CPU time and involuntary context switches
+(``getrusage``): a sample during which the scheduler took the CPU away (a switch, and the process's threads
+got less CPU than wall time × threads by more than ``PREEMPT_MARGIN``) is discarded and counted, and a row
+whose samples were mostly preempted is ``contended``, never ``stable`` — on a shared machine every sample
+can wait for a time slice consistently, which a spread test alone cannot see. CUDA samples use CUDA events
+around one call each, after an L2 flush with a buffer of the device's L2 size unless ``cold=False``. Both
+stop when IQR/median ≤ target after ``min_samples``, or when the budget ends — then the row's noise verdict
+says so instead of pretending.
 """
 
 from __future__ import annotations
@@ -16,6 +21,11 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+try:
+    import resource
+except ImportError:  # not on Windows: the CPU-time check then runs without the switch count
+    resource = None  # type: ignore[assignment]
 
 import torch
 
@@ -44,6 +54,10 @@ class Latency:
     stop: str  # "converged", "budget" or "max_samples"
     mode: str  # "cpu", "cuda-cold", "cuda-warm"
     extra: dict[str, float] = field(default_factory=dict)
+    preempted: int = 0  # CPU samples discarded because the scheduler took the CPU away
+    cpu_over_wall: float = math.nan  # CPU: median over samples of process CPU time / wall time
+    minor_faults_per_call: float = math.nan  # CPU: page faults of the sampled calls / calls
+    contended: bool = False  # most samples were preempted: the time is the machine's load, not the call's
 
     @property
     def median(self) -> float:
@@ -65,7 +79,9 @@ class Latency:
         return self.iqr / self.median if self.median > 0 else math.nan
 
     def verdict(self, target: float) -> str:
-        """'stable', or 'noisy' with the measured spread (the report prints it)."""
+        """'contended', 'stable', or 'noisy' with the measured spread (the report prints it)."""
+        if self.contended:
+            return "contended"
         if len(self.samples) < 3:
             return "too-few-samples"
         return "stable" if self.rel_iqr <= target else "noisy"
@@ -79,9 +95,32 @@ def _converged(samples: list[float], st: Stopping) -> bool:
     return med > 0 and (q[2] - q[0]) / med <= st.target_rel_iqr
 
 
-def time_cpu(fn: Callable[[], object], st: Stopping = Stopping(), clock: Callable[[], float] = time.perf_counter
-             ) -> Latency:
-    """Time ``fn`` on the CPU. ``clock`` is injectable so the tests can check the arithmetic."""
+PREEMPT_MARGIN = 0.05  # CPU time may fall this fraction short of wall × threads before a switch counts
+
+
+def usage() -> tuple[float, int, int]:
+    """(process CPU seconds, involuntary context switches, minor page faults) of this process so far."""
+    cpu = time.process_time()
+    if resource is None:
+        return cpu, -1, -1
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return cpu, ru.ru_nivcsw, ru.ru_minflt
+
+
+def preempted(wall: float, cpu: float, switches: int, threads: int) -> bool:
+    """The scheduler took the CPU away during a sample: an involuntary switch (where the OS counts them), and
+    the threads got less CPU than wall × threads by more than the margin. One thread: the test is exact; more
+    threads: a call's serial parts also leave CPU unused, so it counts only together with a switch."""
+    if switches == 0 or (switches < 0 and threads > 1):  # < 0: the OS does not count switches
+        return False
+    return cpu < wall * max(threads, 1) * (1 - PREEMPT_MARGIN)
+
+
+def time_cpu(fn: Callable[[], object], st: Stopping = Stopping(), clock: Callable[[], float] = time.perf_counter,
+             usage: Callable[[], tuple[float, int, int]] = usage, threads: int | None = None) -> Latency:
+    """Time ``fn`` on the CPU. ``clock`` and ``usage`` are injectable so the tests can check the arithmetic;
+    ``threads`` (default torch's) is what the CPU-time check expects busy."""
+    threads = threads or torch.get_num_threads()
     t0 = clock()
     fn()  # first call: lazy initialisation, caches
     first = max(clock() - t0, 1e-9)
@@ -93,26 +132,42 @@ def time_cpu(fn: Callable[[], object], st: Stopping = Stopping(), clock: Callabl
     per_call = (clock() - start) / max(warm - 1, 1) if warm > 1 else first
     inner = max(1, math.ceil(st.min_sample_s / max(per_call, 1e-9)))
     samples: list[float] = []
+    dropped: list[float] = []
+    utils: list[float] = []
     stop = "max_samples"
     gc_was = gc.isenabled()
     gc.disable()
     try:
         begin = clock()
-        while len(samples) < st.max_samples:
+        u_begin = usage()
+        while len(samples) + len(dropped) < st.max_samples:
+            u0 = usage()
             t = clock()
             for _ in range(inner):
                 fn()
-            samples.append((clock() - t) / inner)
+            wall = clock() - t
+            u1 = usage()
+            utils.append((u1[0] - u0[0]) / wall if wall > 0 else math.nan)
+            if preempted(wall, u1[0] - u0[0], u1[1] - u0[1] if u1[1] >= 0 else -1, threads):
+                dropped.append(wall / inner)
+            else:
+                samples.append(wall / inner)
             if _converged(samples, st):
                 stop = "converged"
                 break
-            if clock() - begin > st.budget_s and len(samples) >= min(st.min_samples, 3):
+            if clock() - begin > st.budget_s and len(samples) + len(dropped) >= min(st.min_samples, 3):
                 stop = "budget"
                 break
+        u_end = usage()
     finally:
         if gc_was:
             gc.enable()
-    return Latency(samples, inner, warm, stop, "cpu")
+    calls = (len(samples) + len(dropped)) * inner
+    faults = (u_end[2] - u_begin[2]) / calls if u_end[2] >= 0 else math.nan
+    kept = samples if len(samples) >= 3 else samples + dropped  # too few clean ones: keep all, say contended
+    return Latency(kept, inner, warm, stop, "cpu", preempted=len(dropped), contended=len(dropped) > len(samples)
+                   or (len(samples) < 3 and bool(dropped)),
+                   cpu_over_wall=statistics.median(utils) if utils else math.nan, minor_faults_per_call=faults)
 
 
 def check_cuda_timing_allowed() -> None:
@@ -189,3 +244,37 @@ def time_cuda(fn: Callable[[], object], st: Stopping = Stopping()) -> Latency:
 
 def time_fn(fn: Callable[[], object], device: str, st: Stopping = Stopping()) -> Latency:
     return time_cuda(fn, st) if device == "cuda" else time_cpu(fn, st)
+
+
+def contention_columns(lat: Latency, device: str) -> dict[str, object]:
+    """The CPU row's contention and first-touch columns (declared together in metrics.py)."""
+    if device != "cpu":
+        return {}
+    return {"latency_preempted": lat.preempted, "latency_cpu_over_wall": lat.cpu_over_wall,
+            "minor_faults_per_call": lat.minor_faults_per_call,
+            # torch's CPU allocator reads it at start-up: 1 = 2 MiB-aligned blocks (transparent huge pages)
+            "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE", "") or "unset"}
+
+
+BUSY_LOAD_PER_CORE = 0.5  # a run is "busy" when the 1-minute load average beyond its own threads exceeds this
+
+
+def machine_load() -> dict[str, object]:
+    """1/5/15-minute load averages and the core count now (stored before and after a run)."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (OSError, AttributeError):
+        return {"reason": "the OS gives no load average"}
+    return {"load1": round(one, 2), "load5": round(five, 2), "load15": round(fifteen, 2),
+            "cores": os.cpu_count(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def busy(load: dict[str, object], own_threads: int = 1) -> str | None:
+    """Why the machine was busy by this load record (others' runnable tasks per core), or None."""
+    one, cores = load.get("load1"), load.get("cores")
+    if not isinstance(one, (int, float)) or not isinstance(cores, int) or cores <= 0:
+        return None
+    others = max(one - own_threads, 0.0)
+    if others / cores > BUSY_LOAD_PER_CORE:
+        return f"load average {one:g} on {cores} cores"
+    return None

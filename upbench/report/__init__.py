@@ -14,13 +14,16 @@ import pandas as pd
 from tabulate import tabulate
 
 from ..env import device_class
+from ..errors import UsageError
+from ..timing import busy
 from . import plots, trust
 from .scaling import fits
 from .tables import MiB, _fmt, env_table, not_ok, op_table, paper_table, pivot
 
 Run = tuple[str, pd.DataFrame, dict[str, Any]]
 
-INTRO = ("Latency: median ± IQR of per-call times, `(noisy)` when the spread stayed above the suite's target. "
+INTRO = ("Latency: median ± IQR of per-call times, `(noisy)` when the spread stayed above the suite's target, "
+         "`(contended)` when most samples were preempted by other processes (the time is the machine's load). "
          "Peak memory: extra allocation over the live inputs, in its own pass; × leanest: ratio to the impl "
          "with the smallest peak on the same case; × ideal: ratio to the bytes of the results themselves. "
          "% roof: achieved GFLOP/s and GB/s over the device's probed matmul and copy ceilings. Agreement: max "
@@ -62,6 +65,50 @@ def _scaling_table(ok: pd.DataFrame) -> str | None:
                      tablefmt="github", disable_numparse=True))
 
 
+REQUIRED = ("suite", "cell_id", "op", "impl", "status")
+
+
+def check_rows(runs: list[Run]) -> None:
+    """A results file whose rows lack the schema's identity columns (or, for a finished run, that has no rows)
+    is refused, not reported as 'None'."""
+    for name, df, meta in runs:
+        if df.empty:
+            if meta.get("status") in ("interrupted", "running", "dead"):
+                continue  # stopped before its first cell finished: the report says so
+            raise UsageError(f"report {name}", "the results file has no rows")
+        missing = [c for c in REQUIRED if df[c].isna().any()]
+        if missing:
+            raise UsageError(f"report {name}", f"rows lack the column(s) {', '.join(missing)}",
+                             "give results written by `upbench run` (docs/results.md lists the columns)")
+
+
+def contention_lines(runs: list[Run]) -> list[str]:
+    """A warning per run whose machine was busy (load before/after) or whose rows were contended."""
+    lines = []
+    for name, df, meta in runs:
+        load = (meta.get("env") or {}).get("load") or {}
+        most = pd.to_numeric(df["torch_threads"], errors="coerce").max() if "torch_threads" in df else None
+        threads = int(most) if most is not None and pd.notna(most) and most >= 1 else 1  # none ran: 1
+        why = [f"{when}: {w}" for when in ("before", "after") if (w := busy(load.get(when) or {}, threads))]
+        contended = int((df.get("latency_noise") == "contended").sum()) if "latency_noise" in df else 0
+        if why or contended:
+            parts = ([f"the machine was busy ({'; '.join(why)})"] if why else []) + (
+                [f"{contended} row(s) had most samples preempted (`contended`)"] if contended else [])
+            lines += [f"> **Warning — {name}: {', and '.join(parts)}.** CPU times are then the machine's load as "
+                      "much as the code's; compare instruction counts or re-run on a quiet machine.", ""]
+    return lines
+
+
+def _described(meta: dict[str, Any]) -> str:
+    """The suite's description, marked when --op/--impl/--set/--param changed what the run measured."""
+    desc = meta.get("suite", {}).get("description", "")
+    cmd = meta.get("command", "")
+    flags = [f for f in ("--op", "--impl", "--set", "--param", "--device") if f in cmd.split()]
+    if desc and flags:
+        return f"{desc} *(the suite's description; this run overrode it with {', '.join(flags)}: see Reproduce)*"
+    return desc
+
+
 def _family(op: str) -> str:
     """The operator's declared family; operators not installed here count as the default family."""
     from .. import registry
@@ -76,11 +123,12 @@ def _family(op: str) -> str:
 
 def render(runs: list[Run], out: Path) -> str:
     """The markdown text; figures are written beside ``out``."""
+    check_rows(runs)
     df = combine(runs)
     fig_dir = out.parent / f"{out.stem}-figs"
     metas = {name: meta for name, _, meta in runs}
     kinds = {m.get("suite", {}).get("name"): m.get("suite", {}).get("kind", "sweep") for m in metas.values()}
-    descs = {m.get("suite", {}).get("name"): m.get("suite", {}).get("description", "") for m in metas.values()}
+    descs = {m.get("suite", {}).get("name"): _described(m) for m in metas.values()}
     baselines = {m.get("suite", {}).get("name"): m.get("suite", {}).get("baseline") for m in metas.values()}
     ceilings = {k: v for m in metas.values() for k, v in (m.get("ceilings") or {}).items()}
     suites = list(dict.fromkeys(df["suite"]))
@@ -88,7 +136,7 @@ def render(runs: list[Run], out: Path) -> str:
     counts = df["status"].value_counts().to_dict()
     out_lines = [f"# upbench report — {title}", "",
                  f"Runs: {len(runs)}; cells: {len(df)} — " + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
-                 "", INTRO, ""]
+                 "", *contention_lines(runs), INTRO, ""]
     for suite in suites:
         sdf = df[df["suite"] == suite]
         ok_all = sdf[sdf["status"] == "ok"]

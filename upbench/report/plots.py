@@ -22,6 +22,12 @@ from .scaling import out_pixels  # noqa: E402
 MiB = 2**20
 
 
+def _style(i: int) -> dict[str, Any]:
+    """The i-th series' colour and marker: 20 distinct colours (tab20, dark shades first), then new markers."""
+    cmap = plt.get_cmap("tab20")
+    return {"color": cmap((2 * i) % 20 + (i // 10) % 2), "marker": "osD^v<>Ph*"[(i // 20) % 10]}
+
+
 def _series_label(r: pd.Series | tuple, multi_run: bool) -> str:
     return f"{r[0]} / {r[1]}" + (f" ({r[2]})" if multi_run else "")
 
@@ -58,9 +64,9 @@ def _lines(d: pd.DataFrame, x: pd.Series, y: pd.Series, xlabel: str, ylabel: str
         return None
     multi_run = d["run"].nunique() > 1
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for key, g in groups:
+    for i, (key, g) in enumerate(groups):  # every series its own colour: the default cycle repeats after 10
         g = g.sort_values("_x")
-        ax.plot(g["_x"], g["_y"], marker="o", label=_series_label(key, multi_run))
+        ax.plot(g["_x"], g["_y"], label=_series_label(key, multi_run), **_style(i))
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
     if logy:  # ticks at 1, 2, 5 × 10ⁿ written plainly: readable without decoding exponents

@@ -27,6 +27,7 @@ class Fit:
     slope: float
     small_slope: float  # between the two smallest sizes
     verdict: str
+    unsteady: int = 0  # points whose timing was noisy or contended
 
 
 def out_pixels(df: pd.DataFrame) -> pd.Series:
@@ -54,7 +55,13 @@ def fits(ok: pd.DataFrame) -> list[Fit]:
             small = float((y[1] - y[0]) / (x[1] - x[0]))
             vals = dict(zip(keys, gk if isinstance(gk, tuple) else (gk,), strict=True))
             label = " ".join(f"{k}={_plain(vals[k])}" for k in shown) or "–"
-            out.append(Fit(op, impl, label, len(sub), slope, small, _verdict(slope, small)))
+            unsteady = int(sub["latency_noise"].isin(["noisy", "contended"]).sum()) if "latency_noise" in sub else 0
+            verdict = _verdict(slope, small)
+            if unsteady * 2 > len(sub):  # a firm diagnosis from mostly noisy points would be invented
+                verdict = f"no diagnosis: {unsteady} of {len(sub)} points noisy or contended"
+            elif unsteady:
+                verdict += f" (tentative: {unsteady} of {len(sub)} points noisy or contended)"
+            out.append(Fit(op, impl, label, len(sub), slope, small, verdict, unsteady))
     return out
 
 

@@ -30,8 +30,16 @@ def _num(v: Any) -> float | None:
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
+    """A number for a table; ``g`` specs print plainly (100, 11870, 0.00123), never ``1e+02``."""
     f = _num(v)
-    return "–" if f is None else format(f, spec)
+    if f is None:
+        return "–"
+    text = format(f, spec)
+    if spec.endswith("g") and "e" in text and 1e-4 <= abs(f) < 1e15:
+        digits = int(spec.strip(".g") or 6)
+        decimals = max(digits - 1 - math.floor(math.log10(abs(f))), 0)
+        text = format(round(f, decimals), f".{decimals}f")
+    return text
 
 
 def _axis_value(v: Any) -> str:
@@ -51,7 +59,7 @@ def _key(df: pd.DataFrame) -> list[str]:
 def _latency(r: pd.Series) -> str:
     if _num(r.get("latency_median_ms")) is None:
         return "–"
-    noisy = " (noisy)" if r.get("latency_noise") == "noisy" else ""
+    noisy = f" ({r['latency_noise']})" if r.get("latency_noise") in ("noisy", "contended") else ""
     return f"{_fmt(r['latency_median_ms'], '.4g')} ± {_fmt(r['latency_iqr_ms'], '.2g')}{noisy}"
 
 

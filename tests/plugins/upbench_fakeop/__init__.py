@@ -2,7 +2,8 @@
 
 ``fake-scale``: nearest upsampling times a learned per-channel scale. Its impls exercise the harness:
 ``good`` is correct, ``border-bug`` is wrong on border pixels only, ``wrong`` is off everywhere,
-``crash`` raises, ``fwd-only`` has no backward, ``slow`` repeats the work a configurable number of times,
+``crash`` raises, ``fwd-only`` has no backward, ``slow`` does the work SLOW_FACTOR times (a fraction
+repeats that share of the channels; ``UPBENCH_FAKE_SLOW_FACTOR`` overrides it, so child processes see it too),
 ``kernel`` is ``good`` declaring a kernel source file (``scale.cu``, never compiled) for the provenance tests.
 Planted trust failures (upbench.adversarial): ``mutates-input`` scribbles on x after computing, ``cached``
 returns its first result forever, ``normal-only`` saturates at ±4 (right for normal inputs only),
@@ -16,6 +17,7 @@ impl's latency falls below the speed-of-light floor.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -57,11 +59,17 @@ def _crash(case: Case, m: nn.Module):
 
 def _slow(case: Case, m: nn.Module):
     good = _good(case, m)
+    factor = float(os.environ.get("UPBENCH_FAKE_SLOW_FACTOR") or SLOW_FACTOR["n"])
+    whole, part = int(factor), factor - int(factor)
+    k = round(part * case.C)  # the fraction: the same work again on that share of the channels
 
     def run(x: Tensor) -> Tensor:
         out = good(x)
-        for _ in range(SLOW_FACTOR["n"] - 1):
+        for _ in range(whole - 1):
             out = good(x)
+        if k:
+            (x[:, :k].repeat_interleave(case.s, 2).repeat_interleave(case.s, 3)
+             * m.scale[:k].view(1, -1, 1, 1))
         return out
     return run
 
