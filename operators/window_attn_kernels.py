@@ -5,7 +5,7 @@ A window is a list of low-res offsets (du, dv) from a high-res pixel's parent pl
 groups (heads) side by side in each row: q (B, sH, sW, G·D), k (B, H, W, G·D), v (B, H, W, G·C), weights and
 logits (B, sH, sW, G·M). Ops (namespace ``upbench``; the window as a flat offset list and a border code):
 
-  ``window_attn_sim(q, k, offs, border, s, G, scale)``     S = scale · <q, k(slot)>  (0 for a zero-rule slot off the map)
+  ``window_attn_sim(q, k, offs, border, s, G, scale)``     S = scale · <q, k(slot)>  (0: zero-rule slot off the map)
   ``window_attn_atn(A, v, offs, border, s, G)``            out = Σ_m A_m · v(slot m)
   ``window_attn_atn_t(A, g, offs, border, s, G)``          atn's transpose as a gather (backward; no atomics)
   ``window_attn_fused(q, k, v, offs, border, s, G, scale)`` atn(softmax(sim)) without the M-map; forward only
@@ -17,13 +17,17 @@ sim and atn carry autograd formulas built from the same ops; every op has a fake
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
+
+from upbench.cases import Case
+from upbench.plugin import Impl
 
 from . import kernel_binding as kb
 
@@ -356,3 +360,41 @@ def reference(q: Tensor | None, k: Tensor | None, v: Tensor, win: Window, s: int
     A = S.softmax(-1)
     out = sum(A[..., m:m + 1] * vg[:, u, w] * ok[None, :, :, None, None] for m, (u, w, ok) in enumerate(slots))
     return out.reshape(B, H * s, W * s, GC)
+
+
+# -- impls: the four kernel impls of an operator, declared once -------------------------------------------------
+KERNELS = ("sim", "atn", "atn_t", "fused", "fused_given")
+
+
+def kernel_impls(make_run: Callable[[Case, Any, bool], Callable[..., Tensor]], what: str,
+                 supports: Callable[[Case], str | None] = lambda case: None) -> tuple[Impl, ...]:
+    """``cupy``, ``cupy-fused``, ``cpu-kernel``, ``cpu-kernel-fused`` for an operator whose
+    ``make_run(case, module, fused)`` returns its run function on these kernels (unfused: sim/softmax/atn with
+    the gather backward; fused: forward only, no M-map). Sources: this family's files, for provenance."""
+
+    def factory(device: str, fused: bool):
+        def build(case: Case, module: Any) -> Callable[..., Tensor]:
+            FAMILY.prepare(device, KERNELS, case.torch_dtype)
+            return make_run(case, module, fused)
+        return build
+
+    out = []
+    for name, device in (("cupy", "cuda"), ("cpu-kernel", "cpu")):
+        where = "CuPy CUDA" if device == "cuda" else "the CUDA source compiled for the CPU (g++, OpenMP):"
+        out.append(Impl(name, factory(device, False), f"{where} window_attn sim, softmax, atn; {what}; gather "
+                        "backward", devices=(device,), available=kb.available, supports=supports,
+                        sources=FAMILY.sources(device)))
+        out.append(Impl(f"{name}-fused", factory(device, True), f"{where} one fused window_attn kernel; {what}; "
+                        "no weight map in memory", devices=(device,), backward=False, available=kb.available,
+                        supports=supports, sources=FAMILY.sources(device)))
+    return tuple(out)
+
+
+def channels_last(t: Tensor) -> Tensor:
+    """(B, C, H, W) → (B, H, W, C) view (a copy happens in the op only when t is not channels_last)."""
+    return t.permute(0, 2, 3, 1)
+
+
+def nchw(t: Tensor) -> Tensor:
+    """(B, H, W, C) → (B, C, H, W) view in channels_last memory format: no copy."""
+    return t.permute(0, 3, 1, 2)
