@@ -343,23 +343,42 @@ def slot_index(win: Window, H: int, W: int, s: int, m: int) -> tuple[Tensor, Ten
     return u[:, None], w[None, :], oku[:, None] & okv[None, :]
 
 
-def reference(q: Tensor | None, k: Tensor | None, v: Tensor, win: Window, s: int, G: int = 1, scale: float = 1.0,
-              L: Tensor | None = None) -> Tensor:
-    """float64 window attention (computed from q, k, or given logits L); zero-rule off-map slots have logit 0
-    when computed and a zero value row."""
+def sim_reference(q: Tensor, k: Tensor, win: Window, s: int, G: int = 1, scale: float = 1.0) -> Tensor:
+    """float64 scale · <q_g, k_g(slot m)> as (B, sH, sW, G·M); 0 for a zero-rule slot off the map."""
+    B, H, W, _ = k.shape
+    qg, kg = q.reshape(B, H * s, W * s, G, -1), k.reshape(B, H, W, G, -1)
+    S = torch.stack([(qg * kg[:, u, w]).sum(-1) * ok[None, :, :, None] * scale
+                     for u, w, ok in (slot_index(win, H, W, s, m) for m in range(len(win.offsets)))], -1)
+    return S.reshape(B, H * s, W * s, -1)
+
+
+def atn_reference(A: Tensor, v: Tensor, win: Window, s: int, G: int = 1) -> Tensor:
+    """float64 Σ_m A[g·M + m] · v_g(slot m); a zero-rule slot off the map has a zero row."""
     B, H, W, GC = v.shape
     M = len(win.offsets)
-    slots = [slot_index(win, H, W, s, m) for m in range(M)]
-    vg = v.view(B, H, W, G, GC // G)
-    if L is None:
-        assert q is not None and k is not None
-        qg, kg = q.view(B, H * s, W * s, G, -1), k.view(B, H, W, G, -1)
-        S = torch.stack([(qg * kg[:, u, w]).sum(-1) * ok[None, :, :, None] * scale for u, w, ok in slots], -1)
-    else:
-        S = L.view(B, H * s, W * s, G, M)
-    A = S.softmax(-1)
-    out = sum(A[..., m:m + 1] * vg[:, u, w] * ok[None, :, :, None, None] for m, (u, w, ok) in enumerate(slots))
+    Ag, vg = A.reshape(B, H * s, W * s, G, M), v.reshape(B, H, W, G, GC // G)
+    out = sum(Ag[..., m:m + 1] * vg[:, u, w] * ok[None, :, :, None, None]
+              for m, (u, w, ok) in enumerate(slot_index(win, H, W, s, m) for m in range(M)))
     return out.reshape(B, H * s, W * s, GC)
+
+
+def atn_t_reference(A: Tensor, g: Tensor, win: Window, s: int, G: int = 1) -> Tensor:
+    """The gradient of <atn_reference(A, v), g> with respect to v: what atn_t computes."""
+    B, OH, OW, C = g.shape
+    v = torch.zeros(B, OH // s, OW // s, C, dtype=g.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (dv,) = torch.autograd.grad(atn_reference(A, v, win, s, G), v, g)
+    return dv
+
+
+def reference(q: Tensor | None, k: Tensor | None, v: Tensor, win: Window, s: int, G: int = 1, scale: float = 1.0,
+              L: Tensor | None = None) -> Tensor:
+    """float64 window attention, the logits computed from q, k or given as L (B, sH, sW, G·M); a zero-rule
+    slot off the map has computed logit 0 and a zero value row."""
+    S = sim_reference(q, k, win, s, G, scale) if L is None else L
+    B, OH, OW, _ = S.shape
+    A = S.reshape(B, OH, OW, G, -1).softmax(-1).reshape(B, OH, OW, -1)
+    return atn_reference(A, v, win, s, G)
 
 
 # -- impls: the four kernel impls of an operator, declared once -------------------------------------------------
