@@ -42,7 +42,7 @@ struct Win {
   const i64* off;  // (M, 2) offsets
   i64 H, W;
   int M, mode;
-  i64 ua, ub, va, vb;  // shift rule: a parent row p sees the window of row clamp(p, ua, ub)
+  int ua, ub, va, vb;  // shift rule: a parent row p sees the window of row clamp(p, ua, ub) (32-bit: fewer registers)
 
   __device__ Win(const i64* off_, i64 M_, i64 mode_, i64 H_, i64 W_) : off(off_), H(H_), W(W_), M((int)M_),
                                                                        mode((int)mode_) {
@@ -53,7 +53,7 @@ struct Win {
       lu = m == 0 || du < lu ? du : lu, hu = m == 0 || du > hu ? du : hu;
       lv = m == 0 || dv < lv ? dv : lv, hv = m == 0 || dv > hv ? dv : hv;
     }
-    ua = -lu, ub = H - 1 - hu, va = -lv, vb = W - 1 - hv;
+    ua = (int)-lu, ub = (int)(H - 1 - hu), va = (int)-lv, vb = (int)(W - 1 - hv);
     UPB_DEVICE_CHECK(mode != 2 || (ua <= ub && va <= vb), "shift rule: the window is larger than the map");
   }
   // Low-res index along one axis (length n) of slot offset d for parent p, or -1 (zero rule, off the map).
@@ -103,32 +103,33 @@ __device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, 
   });
 }
 
-// out[n][m] = scale · <q row n, k(slot m)> over D channels; four slots at a time, then (GPU) one reduce-scatter.
-template <int NC, typename T, typename O, typename A>
+// out[n][m] = scale · <q row n, k(slot m)> over D channels (SCALED; else without the scale); four slots at a
+// time, then (GPU) one reduce-scatter.
+template <int NC, bool SCALED, typename T, typename O, typename A>
 __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__ k, O* const* out, const Win& wn,
                                      i64 b, i64 u, i64 v, i64 D, i64 ldk, A scale, int lane) {
   const i64 centre = (b * wn.H + u) * wn.W + v;
   for (int m0 = 0; m0 < wn.M; m0 += 4) {
-    i64 row[4];
-    const T* ks[4];
+    unsigned off_map = 0;  // bit j: slot m0 + j is off the map or past M (a bit mask, not four row indices:
+    const T* ks[4];        // the fp64 fused kernel spilled with those)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      row[j] = m0 + j < wn.M ? wn.row(b, u, v, m0 + j) : -1;
-      ks[j] = k + (row[j] < 0 ? centre : row[j]) * ldk;
+      const i64 r = m0 + j < wn.M ? wn.row(b, u, v, m0 + j) : -1;
+      off_map |= (unsigned)(r < 0) << j;
+      ks[j] = k + (r < 0 ? centre : r) * ldk;
     }
     A t[NC][4];
     dots<NC>(qrow, ks, D, lane, t);
 #if UPB_LANES > 1
     const int j = (lane >> 3) & 3;
-    const i64 rj = j == 0 ? row[0] : j == 1 ? row[1] : j == 2 ? row[2] : row[3];
 #pragma unroll
     for (int n = 0; n < NC; ++n) {
       const A tot = warp_sum4(t[n][0], t[n][1], t[n][2], t[n][3], lane);
-      if ((lane & 7) == 0 && m0 + j < wn.M) st(out[n] + m0 + j, rj < 0 ? A(0) : tot * scale);
+      if ((lane & 7) == 0 && m0 + j < wn.M) st(out[n] + m0 + j, (off_map >> j) & 1 ? A(0) : SCALED ? tot * scale : tot);
     }
 #else
     for (int n = 0; n < NC; ++n)
-      for (int j = 0; j < 4 && m0 + j < wn.M; ++j) st(out[n] + m0 + j, row[j] < 0 ? A(0) : t[n][j] * scale);
+      for (int j = 0; j < 4 && m0 + j < wn.M; ++j) st(out[n] + m0 + j, (off_map >> j) & 1 ? A(0) : SCALED ? t[n][j] * scale : t[n][j]);
 #endif
   }
 }
@@ -154,7 +155,7 @@ __device__ __forceinline__ void sim_kernel(const T* __restrict__ q, const T* __r
       T* sr[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ld, sr[n] = S + px[n] * ldS;
-      sims<NC>(qr, k, sr, wn, b, u, v, D, ld, scale, lane);
+      sims<NC, true>(qr, k, sr, wn, b, u, v, D, ld, scale, lane);
     });
   }
 }
@@ -225,8 +226,10 @@ __device__ __forceinline__ void atn_t_kernel(const T* __restrict__ Aw, const T* 
   }
 }
 
-// Fused forward: a group of children's M logits (computed: q rows given; given: L rows) go to per-warp scratch,
+// Fused forward (given logits: scale bits 0x3ff0000000000000 = 1.0): a group of children's M logits (computed: q rows given; given: L rows) go to per-warp scratch,
 // softmax with max subtraction in the accumulation type, then the aggregation reads the weights from scratch.
+// The scale (> 0, checked by the binding) enters the softmax's exponent: max(scale·x) = scale·max(x), and the
+// dot-product loop keeps one fewer live value (the fp64 kernel spilled with it on sm_90).
 template <bool GIVEN, typename T>
 __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                                              T* __restrict__ out, const i64* off, i64 B, i64 H, i64 W, i64 D, i64 C,
@@ -256,7 +259,7 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
         for (int n = 0; n < NC; ++n)
           for (int m = lane; m < wn.M; m += UPB_LANES) sr[n][m] = upb::ld(qr[n] + m);
       } else {
-        sims<NC>(qr, k, sr, wn, b, u, vv, D, ldq, scale, lane);
+        sims<NC, false>(qr, k, sr, wn, b, u, vv, D, ldq, A(1), lane);  // scaled in the softmax (scale > 0)
       }
       UPB_SYNCWARP();
 #pragma unroll
@@ -269,7 +272,7 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
         A sum = 0;
         UPB_SIMD_RED(+ : sum)
         for (int m = lane; m < wn.M; m += UPB_LANES) {
-          const A x = ex(e[m] - mx);
+          const A x = ex((e[m] - mx) * scale);
           e[m] = x;
           sum += x;
         }
@@ -307,7 +310,7 @@ using upb::i64;
   UPB_ENTRY(window_attn_fused_given_##SUF,                                                                          \
             (const T* L, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,       \
              i64 mode),                                                                                             \
-            upb::wa::fused_kernel<true, T>(L, v, v, out, off, B, H, W, 0, C, M, s, G, mode, 0))
+            upb::wa::fused_kernel<true, T>(L, v, v, out, off, B, H, W, 0, C, M, s, G, mode, 0x3ff0000000000000LL))
 
 UPB_WA_ENTRIES(f64, double)
 UPB_WA_ENTRIES(f32, float)

@@ -84,6 +84,8 @@ def _offsets(offs: tuple[int, ...], device: torch.device) -> Tensor:
 
 
 def _scale_bits(scale: float) -> int:
+    if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise ValueError(f"upbench::window_attn: scale={scale!r}; must be a positive finite number")
     return struct.unpack("<q", struct.pack("<d", float(scale)))[0]
 
 
