@@ -515,9 +515,10 @@ def check_bandwidth(ctx: Context) -> list[Result]:
     x, M = v.permute(0, 3, 1, 2).contiguous(), A.permute(0, 3, 1, 2).contiguous()
     e = 2
     kernels = {
-        "sapa_fused fp16": (lambda: sk.core_kernel_fused(q, k, v, K, s),
+        f"sapa_fused fp16 {shape}": (lambda: sk.core_kernel_fused(q, k, v, K, s),
                             e * (q.numel() + k.numel() + v.numel() + B * H * s * W * s * C)),
-        "carafe_fwd fp16": (lambda: reassemble_kernel(x, M, K, s, 1), e * (x.numel() + M.numel() + x.numel() * s * s)),
+        f"carafe_fwd fp16 {shape}": (lambda: reassemble_kernel(x, M, K, s, 1),
+                                     e * (x.numel() + M.numel() + x.numel() * s * s)),
         **_naf_bandwidth_case(ctx),
     }
     ceiling = copy_gbps(ctx.device, 1 << (22 if ctx.dry_run else 30))
@@ -528,7 +529,7 @@ def check_bandwidth(ctx: Context) -> list[Result]:
             fn()
             lat = time_fn(fn, ctx.device, st).median
         gbps = nbytes / lat / 1e9
-        out.append(Result(f"bandwidth {name} {shape}", gbps > 0,
+        out.append(Result(f"bandwidth {name}", gbps > 0,
                           f"{gbps:.1f} GB/s = {gbps / ceiling:.2f} × copy bandwidth {ceiling:.0f} GB/s "
                           f"(floor {nbytes / (ceiling * 1e9) * 1e3:.3f} ms, measured {lat * 1e3:.3f} ms)"))
     return out
