@@ -81,17 +81,49 @@ struct Win {
   }
 };
 
-// out_n = Σ_m w(n, m) · v(slot m) over C channels for NC children of parent (b, u, vv).
+// The slot rows of one parent. CPU fast build: computed once per parent into an array, then reused by all s²
+// children and channel chunks (the index arithmetic per slot cost as much as a short row's FMAs there); GPU
+// and SIMT builds: computed on the fly (a per-thread array would live in local memory).
+struct SlotRows {
+#if UPB_LANES == 1
+  i64 r[UPB_MAX_KK];
+  __device__ __forceinline__ void set(const Win& wn, i64 b, i64 u, i64 v) {
+    for (int m = 0; m < wn.M; ++m) r[m] = wn.row(b, u, v, m);
+  }
+  __device__ __forceinline__ i64 operator()(int m) const { return r[m]; }
+#else
+  const Win* wn;
+  i64 b, u, v;
+  __device__ __forceinline__ void set(const Win& w, i64 b_, i64 u_, i64 v_) { wn = &w, b = b_, u = u_, v = v_; }
+  __device__ __forceinline__ i64 operator()(int m) const { return wn->row(b, u, v, m); }
+#endif
+};
+
+// Prefetch (CPU build) the width-element slices (row stride ld) of the s² children of (b, u, v): only this group's
+// channels, not whole rows (window.cuh's prefetch_children fetched every group's channels of every child).
+template <typename T>
+__device__ __forceinline__ void prefetch_slices(const T* x, const Geo& g, i64 b, i64 u, i64 v, i64 ld, i64 width) {
+#if !defined(__CUDACC__)
+  if (v >= g.W) return;
+  const i64 bytes = width * (i64)sizeof(T);
+  for (int c = 0; c < g.s * g.s; ++c) {
+    const char* p = (const char*)(x + g.child(b, u, v, c) * ld);
+    for (i64 o = 0; o < bytes; o += 64) UPB_PREFETCH(p + o);
+  }
+#endif
+}
+
+// out_n = Σ_m w(n, m) · v(slot m) over C channels for NC children of one parent, its slot rows in rows.
 template <int NC, typename T, typename Wf>
-__device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, T* const* orow, const Win& wn, i64 b,
-                                          i64 u, i64 vv, i64 C, i64 ldv, int lane) {
+__device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, T* const* orow, const Win& wn,
+                                          const SlotRows& rows, i64 C, i64 ldv, int lane) {
   typedef typename Acc<T>::type A;
   win::chunks(C, [&](i64 c0, auto tail) {
     constexpr bool TAIL = decltype(tail)::value;
     Regs<T, A, NC> acc;
     acc.zero();
     for (int m = 0; m < wn.M; ++m) {
-      const i64 r = wn.row(b, u, vv, m);
+      const i64 r = rows(m);
       if (r < 0) continue;  // a zero-rule slot off the map: zero values, its weight only enters Σ
       A wt[NC];
 #pragma unroll
@@ -107,14 +139,13 @@ __device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, 
 // time, then (GPU) one reduce-scatter.
 template <int NC, bool SCALED, typename T, typename O, typename A>
 __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__ k, O* const* out, const Win& wn,
-                                     i64 b, i64 u, i64 v, i64 D, i64 ldk, A scale, int lane) {
-  const i64 centre = (b * wn.H + u) * wn.W + v;
+                                     const SlotRows& rows, i64 centre, i64 D, i64 ldk, A scale, int lane) {
   for (int m0 = 0; m0 < wn.M; m0 += 4) {
     unsigned off_map = 0;  // bit j: slot m0 + j is off the map or past M (a bit mask, not four row indices:
     const T* ks[4];        // the fp64 fused kernel spilled with those)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const i64 r = m0 + j < wn.M ? wn.row(b, u, v, m0 + j) : -1;
+      const i64 r = m0 + j < wn.M ? rows(m0 + j) : -1;
       off_map |= (unsigned)(r < 0) << j;
       ks[j] = k + (r < 0 ? centre : r) * ldk;
     }
@@ -148,14 +179,16 @@ __device__ __forceinline__ void sim_kernel(const T* __restrict__ q, const T* __r
   q += grp * D, k += grp * D, S += grp * M;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, v = it.v;
-    win::prefetch_children(q, g, b, u, v + UPB_PF_DIST, ld);
+    prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
+    SlotRows rows;
+    rows.set(wn, b, u, v);
     win::child_groups(g, b, u, v, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* qr[NC];
       T* sr[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ld, sr[n] = S + px[n] * ldS;
-      sims<NC, true>(qr, k, sr, wn, b, u, v, D, ld, scale, lane);
+      sims<NC, true>(qr, k, sr, wn, rows, it.index(), D, ld, scale, lane);
     });
   }
 }
@@ -172,13 +205,15 @@ __device__ __forceinline__ void atn_kernel(const T* __restrict__ Aw, const T* __
   Aw += grp * M, v += grp * C, out += grp * C;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, vv = it.v;
+    SlotRows rows;
+    rows.set(wn, b, u, vv);
     win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* ar[NC];
       T* orow[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) ar[n] = Aw + px[n] * ldA, orow[n] = out + px[n] * ld;
-      aggregate<NC>([&](int n, int m) { return (A)upb::ld(ar[n] + m); }, v, orow, wn, b, u, vv, C, ld, lane);
+      aggregate<NC>([&](int n, int m) { return (A)upb::ld(ar[n] + m); }, v, orow, wn, rows, C, ld, lane);
     });
   }
 }
@@ -245,7 +280,9 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
   UPB_WARP_SCRATCH(A, sc, UPB_NC * UPB_MAX_KK);
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, vv = it.v;
-    win::prefetch_children(q, g, b, u, vv + UPB_PF_DIST, ldq);
+    prefetch_slices(q, g, b, u, vv + UPB_PF_DIST, ldq, GIVEN ? M : D);
+    SlotRows rows;
+    rows.set(wn, b, u, vv);
     win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* qr[NC];
@@ -259,7 +296,7 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
         for (int n = 0; n < NC; ++n)
           for (int m = lane; m < wn.M; m += UPB_LANES) sr[n][m] = upb::ld(qr[n] + m);
       } else {
-        sims<NC, false>(qr, k, sr, wn, b, u, vv, D, ldq, A(1), lane);  // scaled in the softmax (scale > 0)
+        sims<NC, false>(qr, k, sr, wn, rows, it.index(), D, ldq, A(1), lane);  // scaled in the softmax (scale > 0)
       }
       UPB_SYNCWARP();
 #pragma unroll
@@ -279,7 +316,7 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
         inv[n] = A(1) / warp_sum(sum);
       }
       UPB_SYNCWARP();
-      aggregate<NC>([&](int n, int m) { return sr[n][m] * inv[n]; }, v, orow, wn, b, u, vv, C, ldv, lane);
+      aggregate<NC>([&](int n, int m) { return sr[n][m] * inv[n]; }, v, orow, wn, rows, C, ldv, lane);
       UPB_SYNCWARP();  // every lane has read sc before the next group overwrites it
     });
   }
