@@ -181,18 +181,21 @@ def _hi(lo: Tensor, s: int, width: int) -> Tensor:
 
 @torch.library.custom_op("upbench::window_attn_sim", mutates_args=())
 def window_attn_sim(q: Tensor, k: Tensor, offs: list[int], border: int, s: int, G: int, scale: float) -> Tensor:
+    check_window("window_attn_sim", offs, border, s, G)  # before allocating by them
     q, k = q.contiguous(), k.contiguous()
     return sim_into(q, k, _hi(k, s, G * (len(offs) // 2)), offs, border, s, G, scale)
 
 
 @torch.library.custom_op("upbench::window_attn_atn", mutates_args=())
 def window_attn_atn(A: Tensor, v: Tensor, offs: list[int], border: int, s: int, G: int) -> Tensor:
+    check_window("window_attn_atn", offs, border, s, G)  # before allocating by them
     A, v = A.contiguous(), v.contiguous()
     return atn_into(A, v, _hi(v, s, v.shape[3]), offs, border, s, G)
 
 
 @torch.library.custom_op("upbench::window_attn_atn_t", mutates_args=())
 def window_attn_atn_t(A: Tensor, g: Tensor, offs: list[int], border: int, s: int, G: int) -> Tensor:
+    check_window("window_attn_atn_t", offs, border, s, G)
     B, OH, OW, C = g.shape
     if OH % s or OW % s:
         raise ValueError(f"upbench::window_attn_atn_t: high-res size {OH}x{OW} is not a multiple of s={s}")
@@ -203,12 +206,14 @@ def window_attn_atn_t(A: Tensor, g: Tensor, offs: list[int], border: int, s: int
 @torch.library.custom_op("upbench::window_attn_fused", mutates_args=())
 def window_attn_fused(q: Tensor, k: Tensor, v: Tensor, offs: list[int], border: int, s: int, G: int,
                       scale: float) -> Tensor:
+    check_window("window_attn_fused", offs, border, s, G)  # before allocating by them
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     return fused_into(q, k, v, _hi(v, s, v.shape[3]), offs, border, s, G, scale)
 
 
 @torch.library.custom_op("upbench::window_attn_fused_given", mutates_args=())
 def window_attn_fused_given(L: Tensor, v: Tensor, offs: list[int], border: int, s: int, G: int) -> Tensor:
+    check_window("window_attn_fused_given", offs, border, s, G)  # before allocating by them
     L, v = L.contiguous(), v.contiguous()
     return fused_given_into(L, v, _hi(v, s, v.shape[3]), offs, border, s, G)
 

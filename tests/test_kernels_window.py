@@ -163,3 +163,13 @@ def test_entries_reject_bad_windows(bad, what):
     for call in calls:
         with pytest.raises(ValueError, match=what.replace("(", r"\(").replace(")", r"\)")):
             call()
+
+
+def test_custom_ops_reject_bad_windows_before_allocating():
+    q, k, v = torch.randn(1, 6, 6, 4), torch.randn(1, 3, 3, 4), torch.randn(1, 3, 3, 4)
+    with pytest.raises(ValueError, match="s=-2"):
+        torch.ops.upbench.window_attn_fused(q, k, v, [0, 0], 0, -2, 1, 1.0)
+    with pytest.raises(ValueError, match="1 to 225"):
+        torch.ops.upbench.window_attn_sim(q, k, [0, 0, 1], 0, 2, 1, 1.0)
+    with pytest.raises(ValueError, match="scale=0.0"):
+        torch.ops.upbench.window_attn_fused(q, k, v, [0, 0], 0, 2, 1, 0.0)
