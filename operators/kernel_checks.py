@@ -1,11 +1,13 @@
-"""The self-checks of the SAPA and CARAFE kernels, declared for ``python -m upbench.selfcheck`` (SELFCHECKS).
+"""Self-checks of the SAPA, CARAFE and window_attn kernels, declared for ``python -m upbench.selfcheck``.
 
 Checks every kernel impl against the float64 references — each op (sim, atn, atn_t, fused) forward on
 border-heavy, odd and non-square shapes with NaN-poisoned outputs, forward + backward of the core op, in
 each dtype — then gradcheck in float64, fused against unfused, determinism of the backward gather, and
 prints latency (median; CUDA events after warm-up, or perf_counter on the CPU) and peak extra memory for
 unfold, lean, torch.compile(lean) and the two kernel impls at B=2, C=d=256, 64²→128², K=5, fp32 and fp16.
-CARAFE's reassembly kernels are checked too (forward and backward against reassemble_reference).
+CARAFE's reassembly kernels are checked too (forward and backward against reassemble_reference), and every
+window_attn kernel (NAF's and UPLiFT's attention) on border-heavy windows, with gradcheck, determinism,
+compute-sanitizer and NAF's fused forward at 28² → 448² against the copy bandwidth.
 On ``cuda`` they use the CuPy build (upbench._cuda); on ``cpu`` (and in ``--dry-run``) the shim build.
 Beyond agreement: compute-sanitizer (racecheck, synccheck, memcheck, initcheck) over a quick pass of every
 kernel, agreement at the benchmark shape and on one tensor past 2^31 elements, a side stream and CUDA-graph
@@ -128,6 +130,67 @@ def check_carafe(device: str, dtype: torch.dtype) -> list[Result]:
     return out
 
 
+# window_attn: (window, B, H, W, D, C, s, G) — window past the map, dilation × K past the map, ratio 16 on 1×1,
+# UPLiFT's offsets (clamp), NAF's shift rule with heads, non-square, chunk tails
+def _window_cases():
+    from .uplift import OFFSETS
+    from .window_attn_kernels import Window
+
+    return [(Window.square(5), 1, 2, 3, 5, 7, 2, 1), (Window.square(3, 3), 1, 2, 2, 4, 6, 3, 2),
+            (Window.square(3, 2), 1, 1, 1, 3, 70, 16, 1), (Window(OFFSETS, "clamp"), 2, 3, 4, 16, 130, 2, 1),
+            (Window.square(9, 1, "shift"), 1, 9, 11, 16, 24, 4, 4)]
+
+
+def _window_inputs(case, dtype, device, seed=5):
+    win, B, H, W, D, C, s, G = case
+    M = len(win.offsets)
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(B, H * s, W * s, G * D), (B, H, W, G * D), (B, H, W, G * C), (B, H * s, W * s, G * C),
+              (B, H * s, W * s, G * M)]
+    ts = [torch.randn(*sh, generator=g, dtype=torch.float64) for sh in shapes]
+    ts[4] = ts[4].view(B, H * s, W * s, G, M).softmax(-1).view(ts[4].shape)
+    ts = [t.to(dtype) for t in ts]
+    return [t.to(device) for t in ts], [t.double() for t in ts]
+
+
+def check_window_attn(device: str, dtype: torch.dtype) -> list[Result]:
+    """Every window_attn kernel against its float64 reference (NaN-poisoned outputs), then the unfused chain's
+    forward and backward (computed and given logits) against autograd through the reference."""
+    from . import window_attn_kernels as wk
+
+    out = []
+    for case in _window_cases():
+        win, B, H, W, D, C, s, G = case
+        (q, k, v, g, A), (q64, k64, v64, g64, A64) = _window_inputs(case, dtype, device)
+        w = (win.flat, win.code, s, G)
+        name = f"{win.border} M={len(win.offsets)} {(B, H, W, D, C, s, G)} {dtype}"
+
+        def nan(t):
+            return torch.full_like(t, float("nan"))
+
+        errs = {
+            "sim": _rel_err(wk.sim_into(q, k, nan(A), *w, 0.5), wk.sim_reference(q64, k64, win, s, G, 0.5)),
+            "atn": _rel_err(wk.atn_into(A, v, nan(g), *w), wk.atn_reference(A64, v64, win, s, G)),
+            "atn_t": _rel_err(wk.atn_t_into(A, g, nan(v), *w), wk.atn_t_reference(A64, g64, win, s, G)),
+            "fused": _rel_err(wk.fused_into(q, k, v, nan(g), *w, 0.5), wk.reference(q64, k64, v64, win, s, G, 0.5)),
+            "fused_given": _rel_err(wk.fused_given_into(A, v, nan(g), *w),
+                                    wk.reference(None, None, v64, win, s, G, L=A64)),
+        }
+        for op, e in errs.items():
+            out.append(Result(f"window_attn {op} {name}", e <= TOL[dtype], f"rel err {e:.2e} (tol {TOL[dtype]:g})"))
+        qd, kd, vd, Ld = (t.clone().requires_grad_() for t in (q, k, v, A))
+        leaves64 = [t.clone().requires_grad_() for t in (q64, k64, v64, A64)]
+        y = wk.attention(qd, kd, vd, win, s, G, 0.5) + wk.attention_given(Ld, vd, win, s, G)
+        grads = torch.autograd.grad(y, (qd, kd, vd, Ld), g)
+        y64 = (wk.reference(*leaves64[:3], win, s, G, 0.5)
+               + wk.reference(None, None, leaves64[2], win, s, G, L=leaves64[3]))
+        ref = torch.autograd.grad(y64, leaves64, g64)
+        errs2 = [_rel_err(y, y64.detach())] + [_rel_err(a, b) for a, b in zip(grads, ref, strict=True)]
+        out.append(Result(f"window_attn fwd+bwd {name}", max(errs2) <= GRAD_TOL[dtype],
+                          "rel err out/dq/dk/dv/dL " + " ".join(f"{e:.1e}" for e in errs2)))
+    return out
+
+
 def check_misc(device: str) -> list[Result]:
     from . import sapa_kernels as sk
 
@@ -149,6 +212,19 @@ def check_misc(device: str) -> list[Result]:
         B, H, W, D, C = SHAPES[-1][:5]
         runs = [sk.atn_t_into(A, g, torch.empty(B, H, W, C, dtype=dtype, device=device), K, s) for _ in range(3)]
         out.append(Result(f"backward gather deterministic {dtype}", all(torch.equal(runs[0], r) for r in runs)))
+    from . import window_attn_kernels as wk
+
+    case = _window_cases()[1]
+    win, B, H, W, D, C, s, G = case
+    (q, k, v, _, L), _ = _window_inputs(case, torch.float64, device)
+    try:
+        ok = torch.autograd.gradcheck(lambda q, k, v, L: wk.attention(q, k, v, win, s, G, 0.5)
+                                      + wk.attention_given(L, v, win, s, G),
+                                      [t.requires_grad_() for t in (q, k, v, L)], fast_mode=True)
+        out.append(Result("gradcheck float64 window_attn (dilated, two groups; computed + given)", bool(ok)))
+    except Exception as exc:
+        out.append(Result("gradcheck float64 window_attn (dilated, two groups; computed + given)", False,
+                          str(exc).splitlines()[0]))
     return out
 
 
@@ -270,7 +346,24 @@ def _every_kernel_once(device: str, dtype: torch.dtype = torch.float32) -> dict[
         "carafe_fwd": carafe_reassemble(x, M, K, s, 1),
         "carafe_bwd_x": carafe_reassemble_dx(M, dout, K, s, 1),
         "carafe_bwd_m": carafe_reassemble_dm(dout, x, K, s, 1),
+        **_every_window_kernel_once(device, dtype),
     }
+
+
+def _every_window_kernel_once(device: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    from . import window_attn_kernels as wk
+
+    out = {}
+    for case in _window_cases()[1:4:2]:  # dilated zero rule with groups; UPLiFT's offsets with the clamp rule
+        win, B, H, W, D, C, s, G = case
+        (q, k, v, g, A), _ = _window_inputs(case, dtype, device)
+        w, tag = (win.flat, win.code, s, G), win.border
+        out[f"window_attn_sim {tag}"] = wk.sim_into(q, k, torch.empty_like(A), *w, 0.5)
+        out[f"window_attn_atn {tag}"] = wk.atn_into(A, v, torch.empty_like(g), *w)
+        out[f"window_attn_atn_t {tag}"] = wk.atn_t_into(A, g, torch.empty_like(v), *w)
+        out[f"window_attn_fused {tag}"] = wk.fused_into(q, k, v, torch.empty_like(g), *w, 0.5)
+        out[f"window_attn_fused_given {tag}"] = wk.fused_given_into(A, v, torch.empty_like(g), *w)
+    return out
 
 
 QUICK_PASS = textwrap.dedent("""
@@ -422,9 +515,11 @@ def check_bandwidth(ctx: Context) -> list[Result]:
     x, M = v.permute(0, 3, 1, 2).contiguous(), A.permute(0, 3, 1, 2).contiguous()
     e = 2
     kernels = {
-        "sapa_fused fp16": (lambda: sk.core_kernel_fused(q, k, v, K, s),
+        f"sapa_fused fp16 {shape}": (lambda: sk.core_kernel_fused(q, k, v, K, s),
                             e * (q.numel() + k.numel() + v.numel() + B * H * s * W * s * C)),
-        "carafe_fwd fp16": (lambda: reassemble_kernel(x, M, K, s, 1), e * (x.numel() + M.numel() + x.numel() * s * s)),
+        f"carafe_fwd fp16 {shape}": (lambda: reassemble_kernel(x, M, K, s, 1),
+                                     e * (x.numel() + M.numel() + x.numel() * s * s)),
+        **_naf_bandwidth_case(ctx),
     }
     ceiling = copy_gbps(ctx.device, 1 << (22 if ctx.dry_run else 30))
     out = []
@@ -434,10 +529,26 @@ def check_bandwidth(ctx: Context) -> list[Result]:
             fn()
             lat = time_fn(fn, ctx.device, st).median
         gbps = nbytes / lat / 1e9
-        out.append(Result(f"bandwidth {name} {shape}", gbps > 0,
+        out.append(Result(f"bandwidth {name}", gbps > 0,
                           f"{gbps:.1f} GB/s = {gbps / ceiling:.2f} × copy bandwidth {ceiling:.0f} GB/s "
                           f"(floor {nbytes / (ceiling * 1e9) * 1e3:.3f} ms, measured {lat * 1e3:.3f} ms)"))
     return out
+
+
+def _naf_bandwidth_case(ctx: Context) -> dict[str, tuple[Callable, int]]:
+    """NAF's fused attention (window_attn, K = 9, shift rule, 4 heads of 64) at 28² → 448², C = 384, fp16 (dry
+    run: 9² → 36², C = 96); minimum traffic: q, k, v read once, the output written once."""
+    from . import window_attn_kernels as wk
+
+    H, s, D, C = (9, 4, 64, 96) if ctx.dry_run else (28, 16, 256, 384)
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(1, H * s, H * s, D, generator=g).to(torch.float16).to(ctx.device)
+    k = torch.randn(1, H, H, D, generator=g).to(torch.float16).to(ctx.device)
+    v = torch.randn(1, H, H, C, generator=g).to(torch.float16).to(ctx.device)
+    win = wk.Window.square(9, 1, "shift")
+    nbytes = 2 * (q.numel() + k.numel() + v.numel() + (H * s) ** 2 * C)
+    return {f"naf window_attn_fused fp16 {H}²→{H * s}² C={C}":
+            (lambda: wk.attention(q, k, v, win, s, 4, (D // 4) ** -0.5, fused=True), nbytes)}
 
 
 def _throttle_wrapped(ctx: Context) -> list[Result]:
@@ -471,6 +582,7 @@ def _agreement(ctx: Context) -> list[Result]:
         out += check_ops(ctx.device, dtype)
         out += check_autograd(ctx.device, dtype)
         out += check_carafe(ctx.device, dtype)
+        out += check_window_attn(ctx.device, dtype)
     return out
 
 
@@ -489,7 +601,7 @@ def _available(device: str) -> str | None:
 
 SELFCHECKS: tuple[SelfCheck, ...] = (
     SelfCheck("nvml start", check_throttle_start, _available),
-    SelfCheck("agreement (ops, autograd, carafe)", _agreement, _available),
+    SelfCheck("agreement (ops, autograd, carafe, window_attn)", _agreement, _available),
     SelfCheck("gradcheck, fused vs unfused, gather determinism", lambda c: check_misc(c.device), _available),
     SelfCheck("measurement (timer, L2 flush, allocator)", lambda c: check_measurement(c.device), _available),
     SelfCheck("compute-sanitizer", check_sanitizer, _available),

@@ -16,6 +16,8 @@ Module (official defaults: dim 256, 4 attention heads, 4 RoPE heads, kernel 9, 2
 The official code calls NATTEN; it is not a dependency here. ``official`` is the masked full attention users
 fall back to without it (all L × h·w weights materialised); ``lean`` gathers the 81 window keys and values at
 low resolution (small) and attends chunk by chunk of output rows, broadcasting over each parent's s×s children.
+The kernel impls (``cupy``, ``cpu-kernel`` and their ``-fused`` forms) run the attention on the window_attn
+kernel family (docs/kernels.md) with the ``shift`` border rule, the heads as groups.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from torch import Tensor, nn
 from upbench.cases import Case
 from upbench.plugin import HyperParam, Impl
 
+from . import window_attn_kernels as wk
 from .vfm_common import (
     PATCH,
     VfmOperator,
@@ -151,6 +154,27 @@ def _lean(case: Case, m: NafModule):
     return run
 
 
+def _kernel_run(case: Case, m: NafModule, fused: bool):
+    """NAF's attention on the window_attn kernels: RoPE'd q, k from the module, then per head (group) a K×K
+    low-res window around the parent with the ``shift`` border rule (the window moved inwards, as above),
+    computed logits q·k / √d."""
+    win = wk.Window.square(m.kernel, 1, "shift")
+    cl = wk.channels_last
+
+    def run(x: Tensor, image: Tensor) -> Tensor:
+        q, k = m.queries_keys(x, image, case.out_hw)
+        scale = (q.shape[1] // m.heads) ** -0.5
+        return wk.nchw(wk.attention(cl(q), cl(k), cl(x), win, case.s, m.heads, scale, fused=fused))
+    return run
+
+
+def _kernel_supports(case: Case) -> str | None:
+    kernel = int(NAF.hp(case)["kernel"])
+    if kernel * kernel > wk.MAX_SLOTS:
+        return f"the window_attn kernels hold at most {wk.MAX_SLOTS} slots (kernel={kernel})"
+    return None
+
+
 class Naf(VfmOperator):
     name = "naf"
     description = ("NAF: image-only encoder with RoPE; dilated neighbourhood attention (kernel 9, dilation s) "
@@ -164,6 +188,8 @@ class Naf(VfmOperator):
              "which the official code calls): (B, heads, L, h·w) weights materialised"),
         Impl("lean", _lean, "the K² window keys/values gathered at low res, softmax per chunk of output rows, "
              "broadcast over each parent's s×s children; checkpointed chunks in backward"),
+        *wk.kernel_impls(_kernel_run, "K×K window, shift border rule, q·k/√d per head",
+                         lambda case: _kernel_supports(case)),
     )
     model_impls = ("lean", "official")
 

@@ -12,7 +12,9 @@ Module (the shipped DINOv3-S+/16 configuration: shared encoder, attender 17, one
   offsets {(0,0), (±1,0), (0,±1), (±1,±1), (±2,0), (0,±2), (±2,±2)}; output at (i, j) = Σ_d a_d · x at
   parent (⌊i/2⌋, ⌊j/2⌋) + offset d, replicate padding at the borders. A convex combination of x.
 Impls: ``official`` stacks the 17 shifted maps and multiplies them with the weights broadcast over the
-children — a (B, C, 17, 2h, 2w) product — before summing; ``lean`` accumulates the 17 products in place.
+children — a (B, C, 17, 2h, 2w) product — before summing; ``lean`` accumulates the 17 products in place; the
+kernel impls (``cupy``, ``cpu-kernel`` and their ``-fused`` forms) run softmax and aggregation on the
+window_attn kernel family (docs/kernels.md) with the ``clamp`` border rule and the logits as given weights.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 from upbench.cases import Case
 from upbench.plugin import Impl
 
+from . import window_attn_kernels as wk
 from .vfm_common import PATCH, VfmOperator
 
 OFFSETS = ((-2, -2), (-2, 0), (-2, 2), (-1, -1), (-1, 0), (-1, 1), (0, -2), (0, -1), (0, 0), (0, 1), (0, 2),
@@ -74,11 +77,15 @@ class UpliftModule(nn.Module):
 
     def weights(self, x: Tensor, e4: Tensor, e3: Tensor) -> Tensor:
         """Attender weights (B, 17, 2h, 2w) for the map x, softmax over the 17 offsets."""
+        return self.logits(x, e4, e3).softmax(1)
+
+    def logits(self, x: Tensor, e4: Tensor, e3: Tensor) -> Tensor:
+        """The attender's logits (B, 17, 2h, 2w), before the softmax."""
         h, w = x.shape[-2:]
         g = self.block0(torch.cat([x, F.interpolate(e4, size=(h, w), mode="nearest")], 1))
         g = self.up(g) + F.interpolate(g, scale_factor=2, mode="bilinear", align_corners=True)
         g = self.block1(torch.cat([g, F.interpolate(e3, size=(2 * h, 2 * w), mode="nearest")], 1))
-        return residual_auto(g, self.attend(g)).softmax(1)
+        return residual_auto(g, self.attend(g))
 
 
 
@@ -112,6 +119,22 @@ def attend_gather(x: Tensor, a: Tensor) -> Tensor:
     return out
 
 
+WINDOW = wk.Window(OFFSETS, "clamp")  # replicate padding: the slot's row and column clamped onto the map
+
+
+def _kernel_run(case: Case, m: UpliftModule, fused: bool):
+    """The attender on the window_attn kernels: given logits over the 17 offsets, clamp border rule, ×2 per step."""
+    steps = case.s.bit_length() - 1
+    cl = wk.channels_last
+
+    def run(x: Tensor, image: Tensor) -> Tensor:
+        e4, e3 = m.encode(image)
+        for _ in range(steps):
+            x = wk.nchw(wk.attention_given(cl(m.logits(x, e4, e3)), cl(x), WINDOW, 2, fused=fused))
+        return x
+    return run
+
+
 def run_uplift(m: UpliftModule, x: Tensor, image: Tensor, steps: int, attend) -> Tensor:
     e4, e3 = m.encode(image)
     for _ in range(steps):
@@ -138,6 +161,7 @@ class Uplift(VfmOperator):
              "maps stacked and multiplied with the weights into a (B, C, 17, 2h, 2w) product, then summed"),
         Impl("lean", _factory(attend_inplace), "17 in-place multiply-adds broadcast over the 2×2 children: "
              "no stacked copy, no 17× product"),
+        *wk.kernel_impls(_kernel_run, "the 17 offsets with given logits, clamp border rule"),
     )
     model_impls = ("lean", "official")
 

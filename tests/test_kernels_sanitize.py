@@ -1,7 +1,7 @@
 """The kernels under AddressSanitizer + UBSan, through the CPU shim, in a subprocess with libasan preloaded.
 
 Two builds: ``asan`` (one-lane warps, the vector code) and ``asan-simt`` (32-lane warps, the CUDA lane
-logic). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16); SAPA and CARAFE kernels.
+logic). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16); SAPA, CARAFE and window_attn kernels.
 The driver ends with a deliberate overflow (an output one channel short) to prove the sanitizer is live.
 """
 
@@ -20,7 +20,7 @@ from upbench.operators.kernel_binding import CPU_DEFINES
 DRIVER = textwrap.dedent("""
     import torch
     from upbench import _cpu_shim
-    from upbench.operators import carafe_kernels as ck, sapa_kernels as sk
+    from upbench.operators import carafe_kernels as ck, sapa_kernels as sk, window_attn_kernels as wk
     torch.manual_seed(0)
     for variant in ("asan", "asan-simt"):
         with _cpu_shim.use_variant(variant):
@@ -37,6 +37,20 @@ DRIVER = textwrap.dedent("""
                 x = torch.randn(B, C, H, W, requires_grad=True)
                 M = torch.randn(B, G * K * K, H * s, W * s, requires_grad=True)
                 ck.reassemble_kernel(x, M, K, s, G).sum().backward()
+            # window_attn: dilation × K past the map, ratio 16 on 1×1, clamp and shift rules; every kernel via autograd
+            for win, B, H, W, D, C, s, G in [(wk.Window.square(3, 3), 1, 2, 2, 3, 5, 2, 2),
+                                             (wk.Window.square(3, 1, "clamp"), 1, 1, 1, 4, 35, 16, 1),
+                                             (wk.Window.square(3, 1, "shift"), 2, 3, 4, 5, 6, 3, 1)]:
+                for dt in (torch.float32, torch.bfloat16):
+                    M = len(win.offsets)
+                    q = torch.randn(B, H * s, W * s, G * D, dtype=dt, requires_grad=True)
+                    k = torch.randn(B, H, W, G * D, dtype=dt, requires_grad=True)
+                    v = torch.randn(B, H, W, G * C, dtype=dt, requires_grad=True)
+                    L = torch.randn(B, H * s, W * s, G * M, dtype=dt, requires_grad=True)
+                    wk.attention(q, k, v, win, s, G, 0.5).sum().backward()
+                    wk.attention_given(L, v, win, s, G).sum().backward()
+                    wk.attention(q, k, v, win, s, G, 0.5, fused=True)
+                    wk.attention_given(L, v, win, s, G, fused=True)
             # Bad arguments through the *_into entries: one ValueError each, nothing reaches a kernel. (The
             # custom ops raise from inside torch's dispatcher, a C++ throw that ASan's preloaded runtime cannot
             # intercept in this process; their guards are the same checks, run in test_kernels_guards.py.)
@@ -48,7 +62,9 @@ DRIVER = textwrap.dedent("""
                      lambda: sk.atn_t_into(A17, g, torch.empty(1, 2, 2, 8), 17, 2),
                      lambda: sk.fused_into(q, k, v, torch.empty(1, 4, 4, 7), 3, 2),
                      lambda: sk.atn_into(torch.randn(1, 4, 4, 9), v, torch.empty(1, 4, 4, 8).double(), 3, 2),
-                     lambda: sk.fused_into(q.transpose(1, 2), k, v, torch.empty(1, 4, 4, 8), 3, 2)]
+                     lambda: sk.fused_into(q.transpose(1, 2), k, v, torch.empty(1, 4, 4, 8), 3, 2),
+                     lambda: wk.fused_into(q, k, v, torch.empty(1, 4, 4, 8), [0, 0] * 226, 0, 2, 1),
+                     lambda: wk.atn_t_into(torch.randn(1, 4, 4, 2), g, torch.empty(1, 2, 2, 8), [0, 0, 3, 0], 2, 2, 1)]
             for call in calls:
                 try:
                     call()

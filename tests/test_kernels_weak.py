@@ -37,7 +37,7 @@ DRIVER = textwrap.dedent("""
     from pathlib import Path
     import torch
     from upbench import _cpu_shim
-    from upbench.operators import carafe_kernels as ck, sapa_kernels as sk
+    from upbench.operators import carafe_kernels as ck, sapa_kernels as sk, window_attn_kernels as wk
     from upbench.operators.reassembly import reassemble_reference
     from upbench.operators.sapa_core import core_reference
 
@@ -85,9 +85,32 @@ DRIVER = textwrap.dedent("""
                 dx64, dM64 = torch.autograd.grad(y64, (x64, M64), dy.double())
                 for what, a, b in (("fwd", y, y64), ("dx", dx, dx64), ("dM", dM, dM64)):
                     close(f"carafe {what} {(B, C, H, W, K, s, G)}", a.detach(), b.detach())
+        if "window_attn" in fams:
+            # dilation × K past the map with two groups; UPLiFT's offsets (clamp); NAF's shift rule, C = 260
+            for win, B, H, W, D, C, s, G in [(wk.Window.square(3, 2), 1, 2, 3, 5, 7, 2, 2),
+                                             (wk.Window(((0, 0), (1, -1), (-2, 2), (0, 1), (2, 0)), "clamp"),
+                                              1, 2, 2, 4, 6, 3, 1),
+                                             (wk.Window.square(3, 1, "shift"), 1, 3, 3, 33, 260, 2, 1)][:n + 1]:
+                M, w = len(win.offsets), (win.flat, win.code, s, G)
+                q, k, v = rnd(B, H * s, W * s, G * D), rnd(B, H, W, G * D), rnd(B, H, W, G * C)
+                gr, L = rnd(B, H * s, W * s, G * C), rnd(B, H * s, W * s, G * M)
+                A = L.view(B, H * s, W * s, G, M).softmax(-1).view(L.shape)
+                f = [t.float() for t in (q, k, v, gr, L, A)]
+                d = [t.double() for t in f]
+                shape = (win.border, B, H, W, D, C, s, G)
+                close(f"window_attn fused {shape}", wk.fused_into(f[0], f[1], f[2], nan(*gr.shape), *w, 0.5),
+                      wk.reference(d[0], d[1], d[2], win, s, G, 0.5))
+                close(f"window_attn fused_given {shape}", wk.fused_given_into(f[4], f[2], nan(*gr.shape), *w),
+                      wk.reference(None, None, d[2], win, s, G, L=d[4]))
+                close(f"window_attn sim {shape}", wk.sim_into(f[0], f[1], nan(*L.shape), *w, 0.5),
+                      wk.sim_reference(d[0], d[1], win, s, G, 0.5))
+                close(f"window_attn atn {shape}", wk.atn_into(f[5], f[2], nan(*gr.shape), *w),
+                      wk.atn_reference(d[5], d[2], win, s, G))
+                close(f"window_attn atn_t {shape}", wk.atn_t_into(f[5], f[3], nan(*v.shape), *w),
+                      wk.atn_t_reference(d[5], d[3], win, s, G))
     print("ok", flush=True)
 """)
-FAMILIES = ("sapa", "carafe")
+FAMILIES = ("sapa", "carafe", "window_attn")
 
 
 TSAN = _cpu_shim.sanitizer_runtime("libtsan.so")

@@ -1,0 +1,355 @@
+// The general window-attention family (docs/kernels.md): one kernel set for every local upsampler whose output
+// at high-res pixel (i, j) is a softmax-weighted sum over a window of its parent (⌊i/s⌋, ⌊j/s⌋) on the low-res map.
+//
+// Window: M slots, each a low-res offset (du, dv) from the parent (an int64 tensor (M, 2); a K×K window with
+// dilation δ is the list {(δ(a − r), δ(b − r))}), M ≤ 225, any integer ratio s ≥ 1, any H×W, and a border rule:
+//   0 zero    a slot off the map holds a zero row (SAPA, DESIGN.md §2); computed logits are 0 there
+//   1 clamp   the slot's row and column are clamped onto the map (replicate padding: UPLiFT)
+//   2 shift   the whole window is moved inwards until it fits the map (neighbourhood attention: NAF); the
+//             binding requires the window's extent ≤ the map
+// Weights: computed (scale · <q(i,j), k(slot)>) or given (logits from the caller). G groups (heads) side by
+// side in each row: q, k rows of G·D, v and out rows of G·C, weight rows of G·M; the group is on grid.y.
+//
+//   sim    S[i,j,g·M+m] = scale · <q_g(i,j), k_g(slot m)>           (0 for a zero-rule slot off the map)
+//   atn    out_g(i,j)   = Σ_m A[i,j,g·M+m] · v_g(slot m)
+//   atn_t  out_g(u,v)   = Σ over (i,j,m) whose slot m is (u,v) of A[i,j,g·M+m] · gr_g(i,j)   (gather, no atomics)
+//   fused  out_g(i,j)   = atn(softmax_m(sim)) without any M-map in memory
+//   fused_given         = atn(softmax_m(L)) for given logits L
+// Backward (the binding): d sim = (atn(scale·dS, k), atn_t(scale·dS, q)); d atn = (sim(dout, v), atn_t(A, dout)).
+// Every border rule makes a slot's position a monotone function of the parent, so the parents that see a
+// low-res pixel through slot m form one range per axis (Win::parents): atn_t loops over it in a fixed order.
+#include "window.cuh"
+
+namespace upb {
+namespace wa {
+
+using win::Geo;
+using win::Pixels;
+
+__device__ __forceinline__ double bits_to_double(i64 b) {
+#if defined(__CUDACC__)
+  return __longlong_as_double(b);
+#else
+  double d;
+  __builtin_memcpy(&d, &b, 8);
+  return d;
+#endif
+}
+
+__device__ __forceinline__ i64 clampi(i64 x, i64 lo, i64 hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+struct Win {
+  const i64* off;  // (M, 2) offsets
+  i64 H, W;
+  int M, mode;
+  int ua, ub, va, vb;  // shift rule: a parent row p sees the window of row clamp(p, ua, ub) (32-bit: fewer registers)
+
+  __device__ Win(const i64* off_, i64 M_, i64 mode_, i64 H_, i64 W_) : off(off_), H(H_), W(W_), M((int)M_),
+                                                                       mode((int)mode_) {
+    UPB_DEVICE_CHECK(M_ >= 1 && M_ <= UPB_MAX_KK && mode_ >= 0 && mode_ <= 2, "window slots or border rule out of range");
+    i64 lu = 0, hu = 0, lv = 0, hv = 0;
+    for (int m = 0; m < M; ++m) {
+      const i64 du = off[2 * m], dv = off[2 * m + 1];
+      lu = m == 0 || du < lu ? du : lu, hu = m == 0 || du > hu ? du : hu;
+      lv = m == 0 || dv < lv ? dv : lv, hv = m == 0 || dv > hv ? dv : hv;
+    }
+    ua = (int)-lu, ub = (int)(H - 1 - hu), va = (int)-lv, vb = (int)(W - 1 - hv);
+    UPB_DEVICE_CHECK(mode != 2 || (ua <= ub && va <= vb), "shift rule: the window is larger than the map");
+  }
+  // Low-res index along one axis (length n) of slot offset d for parent p, or -1 (zero rule, off the map).
+  __device__ __forceinline__ i64 at(i64 p, i64 d, i64 n, i64 a, i64 b) const {
+    if (mode == 0) return (p + d >= 0 && p + d < n) ? p + d : -1;
+    if (mode == 1) return clampi(p + d, 0, n - 1);
+    return clampi(p, a, b) + d;
+  }
+  // Pixel index of slot m of parent (bb, u, v), or -1.
+  __device__ __forceinline__ i64 row(i64 bb, i64 u, i64 v, int m) const {
+    const i64 uu = at(u, off[2 * m], H, ua, ub), vv = at(v, off[2 * m + 1], W, va, vb);
+    return (uu < 0 || vv < 0) ? -1 : (bb * H + uu) * W + vv;
+  }
+  // The parents p (one axis, length n) whose slot with offset d is x: [lo, hi] (empty when lo > hi).
+  __device__ __forceinline__ void parents(i64 x, i64 d, i64 n, i64 a, i64 b, i64& lo, i64& hi) const {
+    const i64 t = x - d;
+    if (mode == 0) {
+      lo = hi = t;
+    } else {
+      if (mode == 1) a = -d, b = n - 1 - d;  // clamp(p + d, 0, n−1) = clamp(p, −d, n−1−d) + d
+      lo = t <= a ? 0 : t, hi = t >= b ? n - 1 : t;
+      if (t < a || t > b) lo = 1, hi = 0;
+    }
+    lo = lo < 0 ? 0 : lo, hi = hi > n - 1 ? n - 1 : hi;
+  }
+};
+
+// The slot rows of one parent. CPU fast build: computed once per parent into an array, then reused by all s²
+// children and channel chunks (the index arithmetic per slot cost as much as a short row's FMAs there); GPU
+// and SIMT builds: computed on the fly (a per-thread array would live in local memory).
+struct SlotRows {
+#if UPB_LANES == 1
+  i64 r[UPB_MAX_KK];
+  __device__ __forceinline__ void set(const Win& wn, i64 b, i64 u, i64 v) {
+    for (int m = 0; m < wn.M; ++m) r[m] = wn.row(b, u, v, m);
+  }
+  __device__ __forceinline__ i64 operator()(int m) const { return r[m]; }
+#else
+  const Win* wn;
+  i64 b, u, v;
+  __device__ __forceinline__ void set(const Win& w, i64 b_, i64 u_, i64 v_) { wn = &w, b = b_, u = u_, v = v_; }
+  __device__ __forceinline__ i64 operator()(int m) const { return wn->row(b, u, v, m); }
+#endif
+};
+
+// Prefetch (CPU build) the width-element slices (row stride ld) of the s² children of (b, u, v): only this group's
+// channels, not whole rows (window.cuh's prefetch_children fetched every group's channels of every child).
+template <typename T>
+__device__ __forceinline__ void prefetch_slices(const T* x, const Geo& g, i64 b, i64 u, i64 v, i64 ld, i64 width) {
+#if !defined(__CUDACC__)
+  if (v >= g.W) return;
+  const i64 bytes = width * (i64)sizeof(T);
+  for (int c = 0; c < g.s * g.s; ++c) {
+    const char* p = (const char*)(x + g.child(b, u, v, c) * ld);
+    for (i64 o = 0; o < bytes; o += 64) UPB_PREFETCH(p + o);
+  }
+#endif
+}
+
+// out_n = Σ_m w(n, m) · v(slot m) over C channels for NC children of one parent, its slot rows in rows.
+template <int NC, typename T, typename Wf>
+__device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, T* const* orow, const Win& wn,
+                                          const SlotRows& rows, i64 C, i64 ldv, int lane) {
+  typedef typename Acc<T>::type A;
+  win::chunks(C, [&](i64 c0, auto tail) {
+    constexpr bool TAIL = decltype(tail)::value;
+    Regs<T, A, NC> acc;
+    acc.zero();
+    for (int m = 0; m < wn.M; ++m) {
+      const i64 r = rows(m);
+      if (r < 0) continue;  // a zero-rule slot off the map: zero values, its weight only enters Σ
+      A wt[NC];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) wt[n] = w(n, m);
+      acc.template axpy<TAIL>(wt, v + r * ldv, c0, C, lane);
+    }
+#pragma unroll
+    for (int n = 0; n < NC; ++n) acc.template store<TAIL>(n, orow[n], c0, C, lane);
+  });
+}
+
+// out[n][m] = scale · <q row n, k(slot m)> over D channels (SCALED; else without the scale); four slots at a
+// time, then (GPU) one reduce-scatter.
+template <int NC, bool SCALED, typename T, typename O, typename A>
+__device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__ k, O* const* out, const Win& wn,
+                                     const SlotRows& rows, i64 centre, i64 D, i64 ldk, A scale, int lane) {
+  for (int m0 = 0; m0 < wn.M; m0 += 4) {
+    unsigned off_map = 0;  // bit j: slot m0 + j is off the map or past M (a bit mask, not four row indices:
+    const T* ks[4];        // the fp64 fused kernel spilled with those)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const i64 r = m0 + j < wn.M ? rows(m0 + j) : -1;
+      off_map |= (unsigned)(r < 0) << j;
+      ks[j] = k + (r < 0 ? centre : r) * ldk;
+    }
+    A t[NC][4];
+    dots<NC>(qrow, ks, D, lane, t);
+#if UPB_LANES > 1
+    const int j = (lane >> 3) & 3;
+#pragma unroll
+    for (int n = 0; n < NC; ++n) {
+      const A tot = warp_sum4(t[n][0], t[n][1], t[n][2], t[n][3], lane);
+      if ((lane & 7) == 0 && m0 + j < wn.M) st(out[n] + m0 + j, (off_map >> j) & 1 ? A(0) : SCALED ? tot * scale : tot);
+    }
+#else
+    for (int n = 0; n < NC; ++n)
+      for (int j = 0; j < 4 && m0 + j < wn.M; ++j) st(out[n] + m0 + j, (off_map >> j) & 1 ? A(0) : SCALED ? t[n][j] * scale : t[n][j]);
+#endif
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void sim_kernel(const T* __restrict__ q, const T* __restrict__ k, T* __restrict__ S,
+                                           const i64* off, i64 B, i64 H, i64 W, i64 D, i64 M, i64 s, i64 G, i64 mode,
+                                           i64 scale_bits) {
+  typedef typename Acc<T>::type A;
+  const Geo g(H, W, 1, s);  // the window comes from Win; Geo gives the pixel walk and child indices
+  const Win wn(off, M, mode, H, W);
+  const A scale = (A)bits_to_double(scale_bits);
+  const int lane = threadIdx.x % UPB_LANES;
+  const i64 grp = blockIdx.y, ld = G * D, ldS = G * M;
+  if (grp >= G) return;
+  q += grp * D, k += grp * D, S += grp * M;
+  for (Pixels it(g, B); it.ok(); it.next()) {
+    const i64 b = it.b, u = it.u, v = it.v;
+    prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
+    SlotRows rows;
+    rows.set(wn, b, u, v);
+    win::child_groups(g, b, u, v, [&](auto nc, const auto& px) {
+      constexpr int NC = decltype(nc)::value;
+      const T* qr[NC];
+      T* sr[NC];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ld, sr[n] = S + px[n] * ldS;
+      sims<NC, true>(qr, k, sr, wn, rows, it.index(), D, ld, scale, lane);
+    });
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void atn_kernel(const T* __restrict__ Aw, const T* __restrict__ v, T* __restrict__ out,
+                                           const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G, i64 mode) {
+  typedef typename Acc<T>::type A;
+  const Geo g(H, W, 1, s);
+  const Win wn(off, M, mode, H, W);
+  const int lane = threadIdx.x % UPB_LANES;
+  const i64 grp = blockIdx.y, ld = G * C, ldA = G * M;
+  if (grp >= G) return;
+  Aw += grp * M, v += grp * C, out += grp * C;
+  for (Pixels it(g, B); it.ok(); it.next()) {
+    const i64 b = it.b, u = it.u, vv = it.v;
+    SlotRows rows;
+    rows.set(wn, b, u, vv);
+    win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
+      constexpr int NC = decltype(nc)::value;
+      const T* ar[NC];
+      T* orow[NC];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) ar[n] = Aw + px[n] * ldA, orow[n] = out + px[n] * ld;
+      aggregate<NC>([&](int n, int m) { return (A)upb::ld(ar[n] + m); }, v, orow, wn, rows, C, ld, lane);
+    });
+  }
+}
+
+// Gather form of atn's transpose; grid.y = G × (channel chunks of a group), chunk-major.
+template <typename T>
+__device__ __forceinline__ void atn_t_kernel(const T* __restrict__ Aw, const T* __restrict__ gr, T* __restrict__ out,
+                                             const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,
+                                             i64 mode) {
+  typedef typename Acc<T>::type A;
+  const Geo g(H, W, 1, s);
+  const Win wn(off, M, mode, H, W);
+  const int lane = threadIdx.x % UPB_LANES;
+  const i64 CH = (i64)UPB_VPT_T * UPB_LANES;
+  const unsigned nch = (unsigned)((C + CH - 1) / CH), grp = blockIdx.y / nch;
+  const i64 c0 = (i64)(blockIdx.y - grp * nch) * CH, ld = G * C, ldA = G * M;
+  if (grp >= G) return;
+  Aw += grp * M, gr += grp * C, out += grp * C;
+  for (Pixels it(g, B); it.ok(); it.next()) {
+    const i64 b = it.b, u = it.u, v = it.v;
+    auto body = [&](auto tail) {
+      constexpr bool TAIL = decltype(tail)::value;
+      Regs<T, A, 1, UPB_VPT_T> acc;
+      acc.zero();
+      for (int m = 0; m < wn.M; ++m) {
+        i64 u0, u1, v0, v1;
+        wn.parents(u, wn.off[2 * m], H, wn.ua, wn.ub, u0, u1);
+        wn.parents(v, wn.off[2 * m + 1], W, wn.va, wn.vb, v0, v1);
+        for (i64 pu = u0; pu <= u1; ++pu) {
+          for (i64 pv = v0; pv <= v1; ++pv) {
+            i64 px = (b * g.OH + pu * g.s) * g.OW + pv * g.s;  // first child; then row by row
+            for (int ci = 0; ci < g.s; ++ci, px += g.OW) {
+              for (int cj = 0; cj < g.s; ++cj) {
+                const A wt = upb::ld(Aw + (px + cj) * ldA + m);
+                acc.template axpy<TAIL>(&wt, gr + (px + cj) * ld, c0, C, lane);
+              }
+            }
+          }
+        }
+      }
+      acc.template store<TAIL>(0, out + it.index() * ld, c0, C, lane);
+    };
+    if (c0 + CH <= C) body(Flag<false>());
+    else body(Flag<true>());
+  }
+}
+
+// Fused forward (given logits: scale bits 0x3ff0000000000000 = 1.0): a group of children's M logits (computed: q rows given; given: L rows) go to per-warp scratch,
+// softmax with max subtraction in the accumulation type, then the aggregation reads the weights from scratch.
+// The scale (> 0, checked by the binding) enters the softmax's exponent: max(scale·x) = scale·max(x), and the
+// dot-product loop keeps one fewer live value (the fp64 kernel spilled with it on sm_90).
+template <bool GIVEN, typename T>
+__device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                             T* __restrict__ out, const i64* off, i64 B, i64 H, i64 W, i64 D, i64 C,
+                                             i64 M, i64 s, i64 G, i64 mode, i64 scale_bits) {
+  typedef typename Acc<T>::type A;
+  const Geo g(H, W, 1, s);
+  const Win wn(off, M, mode, H, W);
+  const A scale = (A)bits_to_double(scale_bits);
+  const int lane = threadIdx.x % UPB_LANES;
+  const i64 grp = blockIdx.y, ldq = G * (GIVEN ? M : D), ldv = G * C;
+  if (grp >= G) return;
+  q += grp * (GIVEN ? M : D), k += grp * D, v += grp * C, out += grp * C;
+  UPB_WARP_SCRATCH(A, sc, UPB_NC * UPB_MAX_KK);
+  for (Pixels it(g, B); it.ok(); it.next()) {
+    const i64 b = it.b, u = it.u, vv = it.v;
+    prefetch_slices(q, g, b, u, vv + UPB_PF_DIST, ldq, GIVEN ? M : D);
+    SlotRows rows;
+    rows.set(wn, b, u, vv);
+    win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
+      constexpr int NC = decltype(nc)::value;
+      const T* qr[NC];
+      A* sr[NC];
+      T* orow[NC];
+      A inv[NC];
+#pragma unroll
+      for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ldq, sr[n] = sc + n * UPB_MAX_KK, orow[n] = out + px[n] * ldv;
+      if (GIVEN) {
+#pragma unroll
+        for (int n = 0; n < NC; ++n)
+          for (int m = lane; m < wn.M; m += UPB_LANES) sr[n][m] = upb::ld(qr[n] + m);
+      } else {
+        sims<NC, false>(qr, k, sr, wn, rows, it.index(), D, ldq, A(1), lane);  // scaled in the softmax (scale > 0)
+      }
+      UPB_SYNCWARP();
+#pragma unroll
+      for (int n = 0; n < NC; ++n) {
+        A* e = sr[n];
+        A mx = A(-3.0e38f);
+        UPB_SIMD_RED(max : mx)
+        for (int m = lane; m < wn.M; m += UPB_LANES) mx = amax(mx, e[m]);
+        mx = warp_max(mx);
+        A sum = 0;
+        UPB_SIMD_RED(+ : sum)
+        for (int m = lane; m < wn.M; m += UPB_LANES) {
+          const A x = ex((e[m] - mx) * scale);
+          e[m] = x;
+          sum += x;
+        }
+        inv[n] = A(1) / warp_sum(sum);
+      }
+      UPB_SYNCWARP();
+      aggregate<NC>([&](int n, int m) { return sr[n][m] * inv[n]; }, v, orow, wn, rows, C, ldv, lane);
+      UPB_SYNCWARP();  // every lane has read sc before the next group overwrites it
+    });
+  }
+}
+
+}  // namespace wa
+}  // namespace upb
+
+using upb::i64;
+
+#define UPB_WA_ENTRIES(SUF, T)                                                                                      \
+  UPB_ENTRY(window_attn_sim_##SUF,                                                                                  \
+            (const T* q, const T* k, T* S, const i64* off, i64 B, i64 H, i64 W, i64 D, i64 M, i64 s, i64 G, i64 mode, \
+             i64 scale),                                                                                            \
+            upb::wa::sim_kernel<T>(q, k, S, off, B, H, W, D, M, s, G, mode, scale))                                 \
+  UPB_ENTRY(window_attn_atn_##SUF,                                                                                  \
+            (const T* A, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,       \
+             i64 mode),                                                                                             \
+            upb::wa::atn_kernel<T>(A, v, out, off, B, H, W, C, M, s, G, mode))                                      \
+  UPB_ENTRY(window_attn_atn_t_##SUF,                                                                                \
+            (const T* A, const T* g, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,       \
+             i64 mode),                                                                                             \
+            upb::wa::atn_t_kernel<T>(A, g, out, off, B, H, W, C, M, s, G, mode))                                    \
+  UPB_ENTRY(window_attn_fused_##SUF,                                                                                \
+            (const T* q, const T* k, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 D, i64 C, i64 M,  \
+             i64 s, i64 G, i64 mode, i64 scale),                                                                    \
+            upb::wa::fused_kernel<false, T>(q, k, v, out, off, B, H, W, D, C, M, s, G, mode, scale))                \
+  UPB_ENTRY(window_attn_fused_given_##SUF,                                                                          \
+            (const T* L, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,       \
+             i64 mode),                                                                                             \
+            upb::wa::fused_kernel<true, T>(L, v, v, out, off, B, H, W, 0, C, M, s, G, mode, 0x3ff0000000000000LL))
+
+UPB_WA_ENTRIES(f64, double)
+UPB_WA_ENTRIES(f32, float)
+UPB_WA_ENTRIES(f16, upb::f16)
+UPB_WA_ENTRIES(bf16, upb::bf16)

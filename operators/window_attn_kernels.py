@@ -1,0 +1,426 @@
+"""The general window-attention kernels (kernels/window_attn.cu) as torch custom ops.
+
+A window is a list of low-res offsets (du, dv) from a high-res pixel's parent plus a border rule
+(:class:`Window`); a K×K window with dilation δ is ``Window.square(K, δ)``. Tensors are channels-last with G
+groups (heads) side by side in each row: q (B, sH, sW, G·D), k (B, H, W, G·D), v (B, H, W, G·C), weights and
+logits (B, sH, sW, G·M). Ops (namespace ``upbench``; the window as a flat offset list and a border code):
+
+  ``window_attn_sim(q, k, offs, border, s, G, scale)``     S = scale · <q, k(slot)>  (0: zero-rule slot off the map)
+  ``window_attn_atn(A, v, offs, border, s, G)``            out = Σ_m A_m · v(slot m)
+  ``window_attn_atn_t(A, g, offs, border, s, G)``          atn's transpose as a gather (backward; no atomics)
+  ``window_attn_fused(q, k, v, offs, border, s, G, scale)`` atn(softmax(sim)) without the M-map; forward only
+  ``window_attn_fused_given(L, v, offs, border, s, G)``    atn(softmax(L)) for given logits; forward only
+
+sim and atn carry autograd formulas built from the same ops; every op has a fake impl and a FLOP formula.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from upbench.cases import Case
+from upbench.plugin import Impl
+
+from . import kernel_binding as kb
+
+FAMILY = kb.Family("window_attn")
+MAX_SLOTS = kb.MAX_K * kb.MAX_K  # the fused kernel's per-warp scratch (UPB_MAX_KK)
+BORDERS = {"zero": 0, "clamp": 1, "shift": 2}
+
+
+@dataclass(frozen=True)
+class Window:
+    """Slot offsets (du, dv) from the parent and the border rule: ``zero`` (off-map slots are zero rows;
+    computed logits are 0 there), ``clamp`` (replicate padding) or ``shift`` (the window moves inwards to fit)."""
+
+    offsets: tuple[tuple[int, int], ...]
+    border: str = "zero"
+
+    @staticmethod
+    def square(K: int, dilation: int = 1, border: str = "zero") -> Window:
+        r = (K - 1) // 2
+        return Window(tuple((dilation * (a - r), dilation * (b - r)) for a in range(K) for b in range(K)), border)
+
+    @property
+    def flat(self) -> list[int]:
+        return [c for o in self.offsets for c in o]
+
+    @property
+    def code(self) -> int:
+        return BORDERS[self.border]
+
+
+def check_window(op: str, offs: Sequence[int], border: int, s: int, G: int, H: int | None = None,
+                 W: int | None = None) -> int:
+    """Validate a flat offset list, border code, scale and groups (and, for ``shift``, the map); returns M."""
+    if len(offs) % 2 or not 1 <= len(offs) // 2 <= MAX_SLOTS or not all(isinstance(o, int) for o in offs):
+        raise ValueError(f"upbench::{op}: the window needs 1 to {MAX_SLOTS} integer (du, dv) offsets "
+                         f"(got a flat list of {len(offs)})")
+    if border not in BORDERS.values():
+        raise ValueError(f"upbench::{op}: border={border!r}; use one of {BORDERS}")
+    for name, val in (("s", s), ("G", G)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"upbench::{op}: {name}={val!r}; must be a positive integer")
+    if border == BORDERS["shift"] and H is not None and W is not None:
+        eu = max(offs[0::2]) - min(offs[0::2]) + 1
+        ev = max(offs[1::2]) - min(offs[1::2]) + 1
+        if eu > H or ev > W:
+            raise ValueError(f"upbench::{op}: the shift border rule needs the window ({eu}×{ev}) to fit the "
+                             f"low-res map ({H}×{W})")
+    return len(offs) // 2
+
+
+@lru_cache(maxsize=64)
+def _offsets(offs: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.tensor(offs, dtype=torch.int64, device=device)
+
+
+def _scale_bits(scale: float) -> int:
+    if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise ValueError(f"upbench::window_attn: scale={scale!r}; must be a positive finite number")
+    return struct.unpack("<q", struct.pack("<d", float(scale)))[0]
+
+
+def _split(op: str, name: str, t: Tensor, G: int) -> int:
+    if t.shape[3] % G:
+        raise ValueError(f"upbench::{op}: {name} has {t.shape[3]} channels, not a multiple of G={G}")
+    return t.shape[3] // G
+
+
+def _check_hi(op: str, name: str, t: Tensor, lo: Tensor, s: int, width: int) -> None:
+    B, H, W = lo.shape[:3]
+    kb.check_shape(op, name, t, (B, H * s, W * s, width))
+
+
+# -- the *_into entries write into caller-provided outputs (tests poison them); everything is checked first --
+def sim_into(q: Tensor, k: Tensor, S: Tensor, offs: Sequence[int], border: int, s: int, G: int,
+             scale: float = 1.0) -> Tensor:
+    op = "window_attn_sim"
+    kb.check_tensors(op, {"q": q, "k": k, "S": S}, contiguous=True)
+    B, H, W, _ = k.shape
+    M = check_window(op, offs, border, s, G, H, W)
+    D = _split(op, "k", k, G)
+    _check_hi(op, "q", q, k, s, G * D)
+    _check_hi(op, "S", S, k, s, G * M)
+    kb.check_grid_y(op, G)
+    FAMILY.launch("sim", B * H * W, q, k, S, _offsets(tuple(offs), q.device), B, H, W, D, M, s, G, border,
+                  _scale_bits(scale), grid_y=G)
+    return S
+
+
+def atn_into(A: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int) -> Tensor:
+    op = "window_attn_atn"
+    kb.check_tensors(op, {"A": A, "v": v, "out": out}, contiguous=True)
+    B, H, W, _ = v.shape
+    M = check_window(op, offs, border, s, G, H, W)
+    C = _split(op, "v", v, G)
+    _check_hi(op, "A", A, v, s, G * M)
+    _check_hi(op, "out", out, v, s, G * C)
+    FAMILY.launch("atn", B * H * W, A, v, out, _offsets(tuple(offs), v.device), B, H, W, C, M, s, G, border,
+                  grid_y=G)
+    return out
+
+
+def atn_t_into(A: Tensor, g: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int) -> Tensor:
+    op = "window_attn_atn_t"
+    kb.check_tensors(op, {"A": A, "g": g, "out": out}, contiguous=True)
+    B, H, W, _ = out.shape
+    M = check_window(op, offs, border, s, G, H, W)
+    C = _split(op, "out", out, G)
+    _check_hi(op, "A", A, out, s, G * M)
+    _check_hi(op, "g", g, out, s, G * C)
+    FAMILY.launch("atn_t", B * H * W, A, g, out, _offsets(tuple(offs), g.device), B, H, W, C, M, s, G, border,
+                  grid_y=G * -(-C // kb.chunk_t(g)))
+    return out
+
+
+def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int,
+               scale: float = 1.0) -> Tensor:
+    op = "window_attn_fused"
+    kb.check_tensors(op, {"q": q, "k": k, "v": v, "out": out}, contiguous=True)
+    B, H, W, _ = k.shape
+    M = check_window(op, offs, border, s, G, H, W)
+    D, C = _split(op, "k", k, G), _split(op, "v", v, G)
+    kb.check_shape(op, "v", v, (B, H, W, G * C))
+    _check_hi(op, "q", q, k, s, G * D)
+    _check_hi(op, "out", out, k, s, G * C)
+    kb.check_grid_y(op, G)
+    FAMILY.launch("fused", B * H * W, q, k, v, out, _offsets(tuple(offs), q.device), B, H, W, D, C, M, s, G,
+                  border, _scale_bits(scale), grid_y=G)
+    return out
+
+
+def fused_given_into(L: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int,
+                     G: int) -> Tensor:
+    op = "window_attn_fused_given"
+    kb.check_tensors(op, {"L": L, "v": v, "out": out}, contiguous=True)
+    B, H, W, _ = v.shape
+    M = check_window(op, offs, border, s, G, H, W)
+    C = _split(op, "v", v, G)
+    _check_hi(op, "L", L, v, s, G * M)
+    _check_hi(op, "out", out, v, s, G * C)
+    kb.check_grid_y(op, G)
+    FAMILY.launch("fused_given", B * H * W, L, v, out, _offsets(tuple(offs), v.device), B, H, W, C, M, s, G,
+                  border, grid_y=G)
+    return out
+
+
+# -- custom ops ----------------------------------------------------------------------------------------------
+def _hi(lo: Tensor, s: int, width: int) -> Tensor:
+    B, H, W, _ = lo.shape
+    return lo.new_empty(B, H * s, W * s, width)
+
+
+@torch.library.custom_op("upbench::window_attn_sim", mutates_args=())
+def window_attn_sim(q: Tensor, k: Tensor, offs: list[int], border: int, s: int, G: int, scale: float) -> Tensor:
+    check_window("window_attn_sim", offs, border, s, G)  # before allocating by them
+    q, k = q.contiguous(), k.contiguous()
+    return sim_into(q, k, _hi(k, s, G * (len(offs) // 2)), offs, border, s, G, scale)
+
+
+@torch.library.custom_op("upbench::window_attn_atn", mutates_args=())
+def window_attn_atn(A: Tensor, v: Tensor, offs: list[int], border: int, s: int, G: int) -> Tensor:
+    check_window("window_attn_atn", offs, border, s, G)  # before allocating by them
+    A, v = A.contiguous(), v.contiguous()
+    return atn_into(A, v, _hi(v, s, v.shape[3]), offs, border, s, G)
+
+
+@torch.library.custom_op("upbench::window_attn_atn_t", mutates_args=())
+def window_attn_atn_t(A: Tensor, g: Tensor, offs: list[int], border: int, s: int, G: int) -> Tensor:
+    check_window("window_attn_atn_t", offs, border, s, G)
+    B, OH, OW, C = g.shape
+    if OH % s or OW % s:
+        raise ValueError(f"upbench::window_attn_atn_t: high-res size {OH}x{OW} is not a multiple of s={s}")
+    A, g = A.contiguous(), g.contiguous()
+    return atn_t_into(A, g, g.new_empty(B, OH // s, OW // s, C), offs, border, s, G)
+
+
+@torch.library.custom_op("upbench::window_attn_fused", mutates_args=())
+def window_attn_fused(q: Tensor, k: Tensor, v: Tensor, offs: list[int], border: int, s: int, G: int,
+                      scale: float) -> Tensor:
+    check_window("window_attn_fused", offs, border, s, G)  # before allocating by them
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return fused_into(q, k, v, _hi(v, s, v.shape[3]), offs, border, s, G, scale)
+
+
+@torch.library.custom_op("upbench::window_attn_fused_given", mutates_args=())
+def window_attn_fused_given(L: Tensor, v: Tensor, offs: list[int], border: int, s: int, G: int) -> Tensor:
+    check_window("window_attn_fused_given", offs, border, s, G)  # before allocating by them
+    L, v = L.contiguous(), v.contiguous()
+    return fused_given_into(L, v, _hi(v, s, v.shape[3]), offs, border, s, G)
+
+
+@window_attn_sim.register_fake
+def _(q, k, offs, border, s, G, scale):
+    return _hi(k, s, G * (len(offs) // 2))
+
+
+@window_attn_atn.register_fake
+def _(A, v, offs, border, s, G):
+    return _hi(v, s, v.shape[3])
+
+
+@window_attn_atn_t.register_fake
+def _(A, g, offs, border, s, G):
+    B, OH, OW, C = g.shape
+    return g.new_empty(B, OH // s, OW // s, C)
+
+
+@window_attn_fused.register_fake
+def _(q, k, v, offs, border, s, G, scale):
+    return _hi(v, s, v.shape[3])
+
+
+@window_attn_fused_given.register_fake
+def _(L, v, offs, border, s, G):
+    return _hi(v, s, v.shape[3])
+
+
+def _setup_sim(ctx, inputs, output) -> None:
+    q, k, ctx.offs, ctx.border, ctx.s, ctx.G, ctx.scale = inputs
+    ctx.save_for_backward(q, k)
+
+
+def _sim_backward(ctx, dS: Tensor):
+    q, k = ctx.saved_tensors
+    dS = (dS * ctx.scale).contiguous()
+    w = (ctx.offs, ctx.border, ctx.s, ctx.G)
+    dq = window_attn_atn(dS, k, *w) if ctx.needs_input_grad[0] else None
+    dk = window_attn_atn_t(dS, q, *w) if ctx.needs_input_grad[1] else None
+    return dq, dk, None, None, None, None, None
+
+
+def _setup_atn(ctx, inputs, output) -> None:
+    A, v, ctx.offs, ctx.border, ctx.s, ctx.G = inputs
+    ctx.save_for_backward(A, v)
+
+
+def _atn_backward(ctx, dout: Tensor):
+    A, v = ctx.saved_tensors
+    dout = dout.contiguous()
+    w = (ctx.offs, ctx.border, ctx.s, ctx.G)
+    dA = window_attn_sim(dout, v, *w, 1.0) if ctx.needs_input_grad[0] else None  # 0 off the map, as A's use
+    dv = window_attn_atn_t(A, dout, *w) if ctx.needs_input_grad[1] else None
+    return dA, dv, None, None, None, None
+
+
+window_attn_sim.register_autograd(_sim_backward, setup_context=_setup_sim)
+window_attn_atn.register_autograd(_atn_backward, setup_context=_setup_atn)
+
+
+# -- FLOPs (2 × MACs; every slot counted, off-map ones included) ------------------------------------------------
+@register_flop_formula(torch.ops.upbench.window_attn_sim)
+def _sim_flop(q_shape, k_shape, offs, *_, **__) -> int:
+    B, OH, OW, GD = q_shape
+    return 2 * B * OH * OW * (len(offs) // 2) * GD
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_atn)
+def _atn_flop(A_shape, v_shape, offs, *_, **__) -> int:
+    B, OH, OW, _ = A_shape
+    return 2 * B * OH * OW * (len(offs) // 2) * v_shape[3]
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_atn_t)
+def _atn_t_flop(A_shape, g_shape, offs, *_, **__) -> int:
+    B, OH, OW, GC = g_shape
+    return 2 * B * OH * OW * (len(offs) // 2) * GC
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_fused)
+def _fused_flop(q_shape, k_shape, v_shape, offs, *_, **__) -> int:
+    B, OH, OW, GD = q_shape
+    return 2 * B * OH * OW * (len(offs) // 2) * (GD + v_shape[3])
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_fused_given)
+def _fused_given_flop(L_shape, v_shape, offs, *_, **__) -> int:
+    B, OH, OW, _ = L_shape
+    return 2 * B * OH * OW * (len(offs) // 2) * v_shape[3]
+
+
+# -- the composed ops --------------------------------------------------------------------------------------------
+def attention(q: Tensor, k: Tensor, v: Tensor, win: Window, s: int, G: int = 1, scale: float = 1.0,
+              fused: bool = False) -> Tensor:
+    """softmax_m(scale · q·k(slot m)) weighted sum of v(slot m), per group; differentiable unless ``fused``."""
+    if fused:
+        return window_attn_fused(q, k, v, win.flat, win.code, s, G, scale)
+    S = window_attn_sim(q, k, win.flat, win.code, s, G, scale)
+    B, OH, OW, _ = S.shape
+    A = S.view(B, OH, OW, G, -1).softmax(-1).view(B, OH, OW, -1)
+    return window_attn_atn(A, v, win.flat, win.code, s, G)
+
+
+def attention_given(L: Tensor, v: Tensor, win: Window, s: int, G: int = 1, fused: bool = False) -> Tensor:
+    """softmax over the slots of the given logits L, weighted sum of v(slot m); differentiable unless ``fused``."""
+    if fused:
+        return window_attn_fused_given(L, v, win.flat, win.code, s, G)
+    B, OH, OW, _ = L.shape
+    A = L.reshape(B, OH, OW, G, -1).softmax(-1).view(B, OH, OW, -1)
+    return window_attn_atn(A, v, win.flat, win.code, s, G)
+
+
+# -- float64 reference: the window taken literally, an index gather per slot ------------------------------------
+def slot_index(win: Window, H: int, W: int, s: int, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Slot m's low-res row index (sH, 1) and column index (1, sW), clamped onto the map, and its on-map mask."""
+    du, dv = win.offsets[m]
+
+    def axis(n: int, d: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        p = torch.arange(n * s) // s
+        if win.border == "zero":
+            x = p + d
+        elif win.border == "clamp":
+            x = (p + d).clamp(0, n - 1)
+        else:  # shift: the window [p + lo, p + hi] moved inwards to fit [0, n)
+            x = p.clamp(-lo, n - 1 - hi) + d
+        ok = (x >= 0) & (x < n)
+        return x.clamp(0, n - 1), ok
+
+    us, vs = [o[0] for o in win.offsets], [o[1] for o in win.offsets]
+    u, oku = axis(H, du, min(us), max(us))
+    w, okv = axis(W, dv, min(vs), max(vs))
+    return u[:, None], w[None, :], oku[:, None] & okv[None, :]
+
+
+def sim_reference(q: Tensor, k: Tensor, win: Window, s: int, G: int = 1, scale: float = 1.0) -> Tensor:
+    """float64 scale · <q_g, k_g(slot m)> as (B, sH, sW, G·M); 0 for a zero-rule slot off the map."""
+    B, H, W, _ = k.shape
+    qg, kg = q.reshape(B, H * s, W * s, G, -1), k.reshape(B, H, W, G, -1)
+    S = torch.stack([(qg * kg[:, u, w]).sum(-1) * ok[None, :, :, None] * scale
+                     for u, w, ok in (slot_index(win, H, W, s, m) for m in range(len(win.offsets)))], -1)
+    return S.reshape(B, H * s, W * s, -1)
+
+
+def atn_reference(A: Tensor, v: Tensor, win: Window, s: int, G: int = 1) -> Tensor:
+    """float64 Σ_m A[g·M + m] · v_g(slot m); a zero-rule slot off the map has a zero row."""
+    B, H, W, GC = v.shape
+    M = len(win.offsets)
+    Ag, vg = A.reshape(B, H * s, W * s, G, M), v.reshape(B, H, W, G, GC // G)
+    out = sum(Ag[..., m:m + 1] * vg[:, u, w] * ok[None, :, :, None, None]
+              for m, (u, w, ok) in enumerate(slot_index(win, H, W, s, m) for m in range(M)))
+    return out.reshape(B, H * s, W * s, GC)
+
+
+def atn_t_reference(A: Tensor, g: Tensor, win: Window, s: int, G: int = 1) -> Tensor:
+    """The gradient of <atn_reference(A, v), g> with respect to v: what atn_t computes."""
+    B, OH, OW, C = g.shape
+    v = torch.zeros(B, OH // s, OW // s, C, dtype=g.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (dv,) = torch.autograd.grad(atn_reference(A, v, win, s, G), v, g)
+    return dv
+
+
+def reference(q: Tensor | None, k: Tensor | None, v: Tensor, win: Window, s: int, G: int = 1, scale: float = 1.0,
+              L: Tensor | None = None) -> Tensor:
+    """float64 window attention, the logits computed from q, k or given as L (B, sH, sW, G·M); a zero-rule
+    slot off the map has computed logit 0 and a zero value row."""
+    S = sim_reference(q, k, win, s, G, scale) if L is None else L
+    B, OH, OW, _ = S.shape
+    A = S.reshape(B, OH, OW, G, -1).softmax(-1).reshape(B, OH, OW, -1)
+    return atn_reference(A, v, win, s, G)
+
+
+# -- impls: the four kernel impls of an operator, declared once -------------------------------------------------
+KERNELS = ("sim", "atn", "atn_t", "fused", "fused_given")
+
+
+def kernel_impls(make_run: Callable[[Case, Any, bool], Callable[..., Tensor]], what: str,
+                 supports: Callable[[Case], str | None] = lambda case: None) -> tuple[Impl, ...]:
+    """``cupy``, ``cupy-fused``, ``cpu-kernel``, ``cpu-kernel-fused`` for an operator whose
+    ``make_run(case, module, fused)`` returns its run function on these kernels (unfused: sim/softmax/atn with
+    the gather backward; fused: forward only, no M-map). Sources: this family's files, for provenance."""
+
+    def factory(device: str, fused: bool):
+        def build(case: Case, module: Any) -> Callable[..., Tensor]:
+            FAMILY.prepare(device, KERNELS, case.torch_dtype)
+            return make_run(case, module, fused)
+        return build
+
+    out = []
+    for name, device in (("cupy", "cuda"), ("cpu-kernel", "cpu")):
+        where = "CuPy CUDA" if device == "cuda" else "the CUDA source compiled for the CPU (g++, OpenMP):"
+        out.append(Impl(name, factory(device, False), f"{where} window_attn sim, softmax, atn; {what}; gather "
+                        "backward", devices=(device,), available=kb.available, supports=supports,
+                        sources=FAMILY.sources(device)))
+        out.append(Impl(f"{name}-fused", factory(device, True), f"{where} one fused window_attn kernel; {what}; "
+                        "no weight map in memory", devices=(device,), backward=False, available=kb.available,
+                        supports=supports, sources=FAMILY.sources(device)))
+    return tuple(out)
+
+
+def channels_last(t: Tensor) -> Tensor:
+    """(B, C, H, W) → (B, H, W, C) view (a copy happens in the op only when t is not channels_last)."""
+    return t.permute(0, 2, 3, 1)
+
+
+def nchw(t: Tensor) -> Tensor:
+    """(B, H, W, C) → (B, C, H, W) view in channels_last memory format: no copy."""
+    return t.permute(0, 3, 1, 2)
