@@ -22,7 +22,8 @@ def probes(tmp_path, monkeypatch):
         return queue[kind].pop(0) if queue[kind] else 10.0
     monkeypatch.setattr(ceilings, "copy_gbps", lambda d, n: take("copy"))
     monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: take("mm"))
-    monkeypatch.setattr(ceilings, "matmul_size", lambda d, t, n: n)
+    monkeypatch.setattr(ceilings, "matmul_ladder",
+                        lambda d, t, n: {n: [take("mm") for _ in range(ceilings.PROBES)]})
     return queue, calls
 
 
@@ -79,10 +80,21 @@ def test_a_row_above_a_roof_reprobes_and_names_its_ceiling():
     assert cols["pct_bw_roof"] == pytest.approx(10.0) and cols["roof_probed_at"] == "new"
 
 
-def test_matmul_probe_size_follows_the_dtype_speed(monkeypatch):
-    monkeypatch.setattr(ceilings, "matmul_gflops", lambda d, t, n: {"float32": 200.0, "float16": 1.0}[t])
-    assert ceilings.matmul_size("cpu", "float32", 2048) == 2048  # 2·2048³ / 200 GFLOP/s ≈ 86 ms
-    assert ceilings.matmul_size("cpu", "float16", 2048) == 256  # 1 GFLOP/s: the smallest size
+def test_matmul_ladder_climbs_while_affordable_and_the_best_size_is_the_ceiling(monkeypatch):
+    rate = {256: 40.0, 512: 120.0, 1024: 190.0, 2048: 150.0}  # a BLAS peaks past some size
+    asked = []
+
+    def gflops(d, t, n):
+        asked.append(n)
+        return rate[n] if t == "float32" else 1.0
+    monkeypatch.setattr(ceilings, "matmul_gflops", gflops)
+    ladder = ceilings.matmul_ladder("cpu", "float32", 2048, budget_s=1.0)
+    assert sorted(ladder) == [256, 512, 1024, 2048] and ceilings.ladder_best(ladder) == (1024, 190.0)
+    # one slow quick step no longer ends the climb: the next size is judged by the best rate at this one
+    assert ceilings.matmul_ladder("cpu", "float32", 2048, budget_s=0.05).keys() == {256, 512, 1024}
+    asked.clear()
+    assert list(ceilings.matmul_ladder("cpu", "float16", 2048)) == [256]  # 1 GFLOP/s: the smallest size only
+    assert asked == [256] * ceilings.PROBES
 
 
 def test_probes_measure_something_real():

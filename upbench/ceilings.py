@@ -32,6 +32,7 @@ _PROBE = Stopping(budget_s=0.5, min_samples=5, target_rel_iqr=0.05, warmup_s=0.0
 _CAL = Stopping(budget_s=0.15, min_samples=5, target_rel_iqr=0.05, warmup_s=0.02)  # in every run: kept short
 PROBES = 3  # repeated probes per value; the robust best of them is the value
 AGREE = 0.15  # repeated probes within this fraction of each other count as steady
+PROBE_VERSION = "ladder"  # in the cache key: values kept by the older one-size matmul probe read low
 TRIES = 2  # a busy probe is tried again once after a pause before it is used (not kept)
 
 
@@ -58,18 +59,30 @@ def matmul_gflops(device: str, dtype: str, n: int) -> float:
     return 2 * n**3 / lat.min / 1e9
 
 
-def matmul_size(device: str, dtype: str, largest: int) -> int:
-    """The probe's matrix size: the largest power of two ≤ ``largest`` whose product takes ≲ 0.1 s here.
+def matmul_ladder(device: str, dtype: str, largest: int, budget_s: float = 0.1) -> dict[int, list[float]]:
+    """GFLOP/s of PROBES probes at each size of a doubling ladder of square matrices, 256 up to ``largest``.
 
-    A fixed 2048² is fine in fp32 but takes seconds per call in fp16 on a CPU without half-precision
-    units (a first fp16 run once spent ~220 s probing), so the size follows a quick 256² estimate."""
+    A BLAS reaches its peak only past some size, which differs by machine and dtype, so the ceiling is the
+    best size's value, not one size's. The next size is tried only while one product at it would take
+    ≲ ``budget_s`` at the best rate seen at the current size: fp16 on a CPU without half-precision units
+    stays small (a fixed 2048² once spent ~220 s probing), and a neighbour slowing one quick 256² estimate
+    can no longer stop the ladder at the bottom (that single estimate once left a probe that read this CPU's
+    fp32 peak at half, so oneDNN convolutions came out at 180 % of the "ceiling")."""
     if device == "cuda":
-        return largest
-    rate = matmul_gflops(device, dtype, 256) * 1e9
+        return {largest: [matmul_gflops(device, dtype, largest) for _ in range(PROBES)]}
+    ladder: dict[int, list[float]] = {}
     n = 256
-    while n * 2 <= largest and 2 * (n * 2) ** 3 / rate <= 0.1:
+    while n <= largest:
+        ladder[n] = [matmul_gflops(device, dtype, n) for _ in range(PROBES)]
+        if 2 * (2 * n) ** 3 / (max(ladder[n]) * 1e9) > budget_s:
+            break
         n *= 2
-    return n
+    return ladder
+
+
+def ladder_best(ladder: dict[int, list[float]]) -> tuple[int, float]:
+    """The ladder's best size and its robust best GFLOP/s."""
+    return max(((n, robust_best(v)) for n, v in ladder.items()), key=lambda nv: nv[1])
 
 
 def robust_best(values: list[float]) -> float:
@@ -123,13 +136,16 @@ def _probe(device: str, dtype: str, say: Callable[[str], None]) -> dict[str, Any
         if attempt:
             say(f"machine busy ({why}); probing again in 2 s")
             time.sleep(2)
-        n = matmul_size(device, dtype, 8192 if big else 2048)
-        values = {"copy_GBps": [copy_gbps(device, (1 << 30) if big else (256 << 20)) for _ in range(PROBES)],
-                  "matmul_GFLOPs": [matmul_gflops(device, dtype, n) for _ in range(PROBES)]}
+        copies = [copy_gbps(device, (1 << 30) if big else (256 << 20)) for _ in range(PROBES)]
+        ladder = matmul_ladder(device, dtype, 8192 if big else 2048)
+        n, _ = ladder_best(ladder)
+        values = {"copy_GBps": copies, "matmul_GFLOPs": ladder[n]}
         why = _steady(values, machine_load())
         if why is None:
             break
     res: dict[str, Any] = {k: robust_best(v) for k, v in values.items()}
+    res["matmul_n"] = n
+    res["matmul_ladder"] = {str(k): v for k, v in ladder.items()}
     res["probed_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     res["probes"] = values
     if why:
@@ -150,7 +166,7 @@ def ceilings(device: str, dtype: str = "float32", reprobe: bool = False,
 
     ``reprobe``: probe again even if a value is kept (a row above 100 % of a roof); the kept value only rises.
     """
-    key = f"{platform.node()} {device_key(device)} torch{torch.__version__} {dtype}"
+    key = f"{platform.node()} {device_key(device)} torch{torch.__version__} {dtype} {PROBE_VERSION}"
     path = _path(key)
     try:
         kept = json.loads(path.read_text())
