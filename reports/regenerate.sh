@@ -3,7 +3,7 @@
 # Each run directory holds results.json (the record), results.csv, report.md and its figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for suite in memory latency segformer-b1 maskformer mask2former fpn a2u-matting; do
+for suite in memory latency alloc segformer-b1 maskformer mask2former fpn a2u-matting; do
     upbench run --suite "$suite" --device cpu --out "reports/$suite-cpu" --force --no-progress
 done
 # The foundation-model upsamplers' official impls need several GiB at their largest sizes: cap the address

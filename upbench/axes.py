@@ -49,6 +49,10 @@ TABLE: tuple[Axis, ...] = (
     Axis("dtype", str, "float32", "input, parameter and output dtype", tuple(DTYPES)),
     Axis("device", str, "cpu", "`cpu` or `cuda`", DEVICES),
     Axis("threads", int, None, "requested torch CPU threads (empty: torch's default)"),
+    Axis("alloc", str, "fresh", "CPU allocation mode while the cell runs: `fresh` (the allocator as configured, what "
+         "a plain call sees: a large output is faulted in afresh on every call) or `warm` (freed memory kept, so the "
+         "time is the kernel's and a warm pool's); empty on CUDA, whose caching allocator is always warm",
+         ("fresh", "warm")),
 )
 BY_NAME: dict[str, Axis] = {a.name: a for a in TABLE}
 AXES: tuple[str, ...] = tuple(a.name for a in TABLE)
@@ -57,7 +61,7 @@ STAGE_KEYS: tuple[str, ...] = tuple(a.name for a in TABLE if a.stage)
 DEFAULTS: dict[str, Any] = {a.name: a.default for a in TABLE}
 CHOICES: dict[str, tuple[str, ...]] = {a.name: a.choices for a in TABLE if a.choices}
 SIZE_AXES: tuple[str, ...] = ("H", "W")  # what a scaling fit varies; the other axes stay fixed
-SETTING_AXES: tuple[str, ...] = ("threads",)  # how the machine ran the cell, not the workload
+SETTING_AXES: tuple[str, ...] = ("threads", "alloc")  # how the machine ran the cell, not the workload
 # Sweeps expand with the pass varying fastest: the passes of one workload run back to back.
 EXPANSION_ORDER: tuple[str, ...] = (*(a for a in AXES if a != "pass"), "pass")
 # Report tables show the workload first, then the pass and the settings.

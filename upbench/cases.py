@@ -19,6 +19,9 @@ from .dtypes import DTYPES
 # Earlier versions had a one-value ``layout`` axis; it stays in the hashed identity so cell ids and seeds of
 # runs made before it was dropped still match.
 _LEGACY_IDENTITY = {"layout": "nchw"}
+# Axes added later enter the hashed identity only away from the value every earlier run had, so the ids of
+# those runs (and the baselines made from them) still match.
+_LATER_AXES = {"alloc": ("fresh", None)}
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Case:
     device: str = "cpu"
     pass_: str = "fwd"
     threads: int | None = None
+    alloc: str | None = "fresh"
     hp: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     # -- derived shapes -------------------------------------------------------------------------------
@@ -75,13 +79,17 @@ class Case:
                 "hp": json.dumps(dict(self.hp), sort_keys=True)}
 
     def _identity(self) -> dict[str, Any]:
-        return {**self.axes(), **_LEGACY_IDENTITY}
+        d = {**self.axes(), **_LEGACY_IDENTITY}
+        for k, old in _LATER_AXES.items():
+            if d[k] in old:
+                del d[k]
+        return d
 
     def workload_key(self) -> str:
         """Everything that determines inputs and weights: impl- and pass-independent."""
         d = self._identity()
-        for k in ("pass", "threads"):
-            d.pop(k)
+        for k in ("pass", "threads", "alloc"):
+            d.pop(k, None)
         return json.dumps(d, sort_keys=True)
 
     def seed(self) -> int:
@@ -98,6 +106,8 @@ class Case:
         if self.K is not None:
             parts.append(f"K{self.K}")
         parts += [self.dtype, self.device, self.pass_]
+        if self.alloc == "warm":
+            parts.append("warm")
         if self.hp:
             parts.append(",".join(f"{k}={v}" for k, v in self.hp))
         return f"{self.op}[{' '.join(parts)}]"

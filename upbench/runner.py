@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import registry
+from .alloc import allocation_mode
 from .axes import STAGE_KEYS
 from .contract import check_stages
 from .metrics import METRICS, Context, Metric, Options
@@ -86,7 +87,7 @@ def run_cell(cell: Cell, opts: Options) -> dict[str, Any]:
         row.update(status="skipped", reason=cell.skip)
         return row
     try:
-        with _threads(cell.case.threads):
+        with _threads(cell.case.threads), allocation_mode(cell.case.alloc or "fresh"):
             row["torch_threads"] = torch.get_num_threads()
             ctx.prepared = prepare(cell)
             check_stages(ctx.prepared.stages, cell.impl)  # the plugin contract and finite outputs, before any metric

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from .alloc import unavailable as alloc_unavailable
 from .axes import AXES, BY_NAME, DEFAULTS, EXPANSION_ORDER, STAGE_KEYS, normalise
 from .cases import Case, cell_id
 from .errors import UsageError
@@ -279,6 +280,8 @@ def _case_for(op: Operator, sel: OpSel, vals: dict[str, Any]) -> Case:
         kw["Cy"] = None
     if kw.get("W") == kw.get("H"):
         kw["W"] = None
+    if kw.get("device") == "cuda":
+        kw["alloc"] = None  # the CUDA caching allocator keeps freed blocks: no fresh/warm distinction to time
     hp = {**op.defaults(), **dict(sel.params)}
     return Case(op=op.name, hp=tuple(sorted(hp.items())), **kw)
 
@@ -369,5 +372,5 @@ def _cell(op: Operator, impl_name: str, stages: tuple[Case, ...], suite: Suite) 
     for sk in suite.skips:
         if any(sk.matches(c, impl_name) for c in stages):
             return Cell(op.name, impl_name, stages, f"filtered: {sk.reason}", cid)
-    why = impl.skip_reason(stages[0])
+    why = impl.skip_reason(stages[0]) or (stages[0].alloc and alloc_unavailable(stages[0].alloc))
     return Cell(op.name, impl_name, stages, f"unsupported: {why}" if why else None, cid)

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..timing import busy
 from . import plots, trust
 from .scaling import fits
-from .tables import MiB, _fmt, env_table, not_ok, op_table, paper_table, pivot
+from .tables import MiB, _axis_value, _fmt, env_table, not_ok, op_table, paper_table, pivot
 
 Run = tuple[str, pd.DataFrame, dict[str, Any]]
 
@@ -99,6 +99,39 @@ def contention_lines(runs: list[Run]) -> list[str]:
     return lines
 
 
+def allocation_lines(df: pd.DataFrame) -> list[str]:
+    """What the CPU times include: the allocation mode(s) of the rows, and fresh against warm where both ran."""
+    cpu = df[(df["device"] == "cpu") & (df["status"] == "ok")] if "device" in df else df.iloc[:0]
+    if cpu.empty or "latency_median_ms" not in cpu or cpu["latency_median_ms"].isna().all():
+        return []
+    modes = cpu["alloc"].fillna("fresh") if "alloc" in cpu else pd.Series(["fresh"] * len(cpu), index=cpu.index)
+    lines = ["**CPU allocation mode** (`alloc`, docs/results.md): " + (
+        "every CPU time is a plain call's (`fresh`): a large new output is faulted in on every call, and "
+        "`minor_faults_per_call` says how much of that the row paid." if set(modes) == {"fresh"} else
+        "every CPU time is the kernel's with a warm pool (`warm`): no first-touch cost." if set(modes) == {"warm"}
+        else "rows with `alloc = warm` exclude the first-touch cost that `fresh` rows (plain calls) pay; the table "
+        "pairs them."), ""]
+    if set(modes) >= {"fresh", "warm"}:
+        key = [c for c in ("op", "impl", "B", "C", "Cy", "H", "W", "s", "K", "dtype", "pass", "threads", "hp")
+               if c in cpu]
+        both = cpu.assign(_mode=modes).pivot_table(index=key, columns="_mode", dropna=False, aggfunc="first",
+                                                   values=["latency_median_ms", "minor_faults_per_call"])
+        rows = []
+        for idx, r in both.iterrows():
+            f, w = r[("latency_median_ms", "fresh")], r[("latency_median_ms", "warm")]
+            if pd.isna(f) or pd.isna(w):
+                continue
+            case = dict(zip(key, idx if isinstance(idx, tuple) else (idx,), strict=True))
+            rows.append([case["op"], case["impl"], " ".join(f"{k}={_axis_value(v)}" for k, v in case.items()
+                                                             if k not in ("op", "impl", "hp") and pd.notna(v)),
+                         _fmt(f), _fmt(w), f"{f / w:.2f}", _fmt(r[("minor_faults_per_call", "fresh")], ".0f"),
+                         _fmt(r[("minor_faults_per_call", "warm")], ".0f")])
+        if rows:
+            lines += [tabulate(rows, ["op", "impl", "case", "fresh ms", "warm ms", "fresh / warm", "faults/call fresh",
+                                      "faults/call warm"], tablefmt="github", disable_numparse=True), ""]
+    return lines
+
+
 def _described(meta: dict[str, Any]) -> str:
     """The suite's description, marked when --op/--impl/--set/--param changed what the run measured."""
     desc = meta.get("suite", {}).get("description", "")
@@ -136,7 +169,7 @@ def render(runs: list[Run], out: Path) -> str:
     counts = df["status"].value_counts().to_dict()
     out_lines = [f"# upbench report — {title}", "",
                  f"Runs: {len(runs)}; cells: {len(df)} — " + ", ".join(f"{n} {k}" for k, n in counts.items()) + ".",
-                 "", *contention_lines(runs), INTRO, ""]
+                 "", *contention_lines(runs), INTRO, "", *allocation_lines(df)]
     for suite in suites:
         sdf = df[df["suite"] == suite]
         ok_all = sdf[sdf["status"] == "ok"]
