@@ -93,7 +93,8 @@ def test_a_warm_cell_runs_without_the_first_touch_faults_a_fresh_cell_pays(tmp_p
     (tmp_path / "alloc.toml").write_text(SUITE)
     out = tmp_path / "run"
     subprocess.run([sys.executable, "-m", "upbench.cli", "run", "--suite", str(tmp_path / "alloc.toml"),
-                    "--device", "cpu", "--out", str(out), "--no-progress"], check=True, capture_output=True, timeout=300)
+                    "--device", "cpu", "--out", str(out), "--no-progress"],
+                   check=True, capture_output=True, timeout=300)
     rows = {r["alloc"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert rows["fresh"]["status"] == rows["warm"]["status"] == "ok"
     assert rows["fresh"]["minor_faults_per_call"] > 1000
