@@ -108,7 +108,7 @@ def test_kernels_run_clean_under_asan_and_ubsan():
         _cpu_shim.build("window_attn", variant, CPU_DEFINES[variant])
     env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    # 900 s: at a load average of 70–170 on 2 cores the driver took 565 s (a few tens of seconds when idle)
+    # 900 s: at a load average of 70–170 on 2 cores the driver took 565 s
     res = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=900)
     assert "clean" in res.stdout, f"sanitizer report before the canary:\n{res.stderr[-6000:]}"
     assert "canary missed" not in res.stdout and res.returncode != 0
