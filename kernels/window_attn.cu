@@ -1,5 +1,7 @@
 // The general window-attention family (docs/kernels.md): one kernel set for every local upsampler whose output
 // at high-res pixel (i, j) is a softmax-weighted sum over a window of its parent (⌊i/s⌋, ⌊j/s⌋) on the low-res map.
+// SAPA (K×K window, zero rule, one group) and CARAFE/FADE's reassembly (K×K, zero rule, CARAFE's G groups, given
+// weights or logits) run on these entries too (operators/sapa_kernels.py, carafe_kernels.py): no per-operator copy.
 //
 // Window: M slots, each a low-res offset (du, dv) from the parent (an int64 tensor (M, 2); a K×K window with
 // dilation δ is the list {(δ(a − r), δ(b − r))}), M ≤ 225, any integer ratio s ≥ 1, any H×W, and a border rule:
@@ -100,7 +102,7 @@ struct SlotRows {
 };
 
 // Prefetch (CPU build) the width-element slices (row stride ld) of the s² children of (b, u, v): only this group's
-// channels, not whole rows (window.cuh's prefetch_children fetched every group's channels of every child).
+// channels, not whole rows (a whole-row prefetch fetched every group's channels of every child).
 template <typename T>
 __device__ __forceinline__ void prefetch_slices(const T* x, const Geo& g, i64 b, i64 u, i64 v, i64 ld, i64 width) {
 #if !defined(__CUDACC__)

@@ -13,7 +13,14 @@ from torch import Tensor, nn
 from upbench.cases import Case
 from upbench.plugin import HyperParam, Operator
 
-from .reassembly import ReassembleFn, check_positive_ints, module_impls, reassemble_lean, reassemble_reference
+from .reassembly import (
+    LogitsFn,
+    ReassembleFn,
+    check_positive_ints,
+    module_impls,
+    reassemble_lean,
+    reassemble_reference,
+)
 
 
 class CarafeModule(nn.Module):
@@ -27,13 +34,19 @@ class CarafeModule(nn.Module):
         nn.init.normal_(self.encoder.weight, std=0.001)
         nn.init.zeros_(self.encoder.bias)
 
+    def logits(self, x: Tensor) -> Tensor:
+        """Kernel logits (B, G·K², sH, sW): the shuffled encoder output."""
+        return F.pixel_shuffle(self.encoder(self.compressor(x)), self.s)
+
     def kernels(self, x: Tensor) -> Tensor:
         """Reassembly kernels (B, G·K², sH, sW), each group's K² weights summing to 1."""
-        z = F.pixel_shuffle(self.encoder(self.compressor(x)), self.s)
+        z = self.logits(x)
         B, _, oh, ow = z.shape
         return z.view(B, self.G, self.K * self.K, oh, ow).softmax(2).view(B, -1, oh, ow)
 
-    def forward(self, x: Tensor, reassemble: ReassembleFn = reassemble_lean) -> Tensor:
+    def forward(self, x: Tensor, reassemble: ReassembleFn = reassemble_lean, fused: LogitsFn | None = None) -> Tensor:
+        if fused is not None:  # softmax inside the reassembly kernel: no normalised kernel map in memory
+            return fused(x, self.logits(x), self.K, self.s, self.G)
         return reassemble(x, self.kernels(x), self.K, self.s, self.G)
 
 
@@ -47,7 +60,7 @@ class Carafe(Operator):
         HyperParam("k_enc", 3, "kernel size of the content encoder", (1, 3, 5, 7)),
         HyperParam("groups", 1, "channel groups sharing one reassembly kernel (C must divide)"),
     )
-    impls = module_impls()
+    impls = module_impls(fused=True)  # the kernels are softmax(logits): DESIGN.md §4
     model_impls = ("cupy", "cpu-kernel", "lean", "unfold")
 
     def _hp(self, case: Case) -> tuple[int, int, int]:

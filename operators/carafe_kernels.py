@@ -1,24 +1,48 @@
-"""CARAFE's reassembly on the window kernels (kernels/carafe.cu) as torch custom ops.
+"""CARAFE's reassembly (and FADE's, A2U's) on the window-attention family (kernels/window_attn.cu) as torch
+custom ops.
 
 ``reassemble_kernel(x, M, K, s, G)`` computes ``out[b,c,i,j] = Σ_m M[b, g(c)·K² + m, i, j] · x[b, c, slot m]``
-(DESIGN.md §2) for NCHW x (B, C, H, W) and M (B, G·K², sH, sW), like ``reassembly.reassemble_reference``.
+(DESIGN.md §2) for NCHW x (B, C, H, W) and M (B, G·K², sH, sW), like ``reassembly.reassemble_reference``: the
+family's atn with the K×K window, the zero border rule and CARAFE's G groups as the family's groups (a row
+holds them side by side, group g's K² weights at g·K²). ``reassemble_fused(x, L, K, s, G)`` is
+``reassemble_kernel(x, softmax over each group's K² of L)`` in one kernel (the family's fused_given): the
+normalised kernels never exist in memory; its backward recomputes them (window_attn_kernels).
 The kernels work channels-last: inputs are permuted to it (free when they already are ``channels_last``)
 and the output is returned as an NCHW tensor in ``torch.channels_last`` memory format, so no extra copy of
 the output is ever made. Ops (namespace ``upbench``): ``carafe_reassemble`` with autograd, and its
-gather-based backward ``carafe_reassemble_dx`` / ``carafe_reassemble_dm``; each has a fake impl and a FLOP
-formula. CUDA tensors run the CuPy build, CPU tensors the host shim.
+gather-based backward ``carafe_reassemble_dx`` (atn_t) / ``carafe_reassemble_dm`` (sim); each has a fake impl
+and a FLOP formula. CUDA tensors run the CuPy build, CPU tensors the host shim.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from . import kernel_binding as kb
+from . import window_attn_kernels as wk
 
-FAMILY = kb.Family("carafe")
+FAMILY = wk.FAMILY
+ZERO = wk.BORDERS["zero"]  # DESIGN.md §2: an off-map slot holds a zero feature
+KERNELS = ("atn", "atn_t", "sim", "fused_given")
 available = kb.available  # read by reassembly.py: None when the kernels can run on a device here
+
+
+@lru_cache(maxsize=16)
+def _square(K: int) -> tuple[int, ...]:
+    return tuple(wk.Window.square(K).flat)
+
+
+def _win(K: int, device: torch.device) -> Tensor:
+    return wk.offsets_tensor(_square(K), device)
+
+
+def sources(device: str) -> tuple[str, ...]:
+    """The files these kernels' results depend on (Impl.sources): the family's closure and this binding."""
+    return FAMILY.sources(device, ("carafe_kernels",))
 
 
 def _check(op: str, lo: tuple[int, int, int, int], K: int, s: int, G: int, **tensors: Tensor) -> None:
@@ -51,7 +75,8 @@ def carafe_reassemble(x: Tensor, M: Tensor, K: int, s: int, G: int) -> Tensor:
     _check("carafe_reassemble", tuple(x.shape), K, s, G, x=x, M=M)
     B, C, H, W = x.shape
     out = _empty_cl(x, B, C, H * s, W * s)
-    FAMILY.launch("fwd", B * H * W, _cl(x), _cl(M), out.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
+    FAMILY.launch("atn", B * H * W, _cl(M), _cl(x), out.permute(0, 2, 3, 1), _win(K, x.device), B, H, W, C // G,
+                  K * K, s, G, ZERO, grid_y=G)
     return out
 
 
@@ -66,8 +91,8 @@ def carafe_reassemble_dx(M: Tensor, dout: Tensor, K: int, s: int, G: int) -> Ten
     _check("carafe_reassemble_dx", (B, C, H, W), K, s, G, M=M, dout=dout)
     dx = _empty_cl(dout, B, C, H, W)
     Cg = C // G
-    FAMILY.launch("bwd_x", B * H * W, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), B, H, W, Cg, K, s, G,
-                  grid_y=G * -(-Cg // kb.chunk_t(dout)))
+    FAMILY.launch("atn_t", B * H * W, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), _win(K, dout.device), B, H, W, Cg,
+                  K * K, s, G, ZERO, grid_y=G * -(-Cg // kb.chunk_t(dout)))
     return dx
 
 
@@ -77,7 +102,8 @@ def carafe_reassemble_dm(dout: Tensor, x: Tensor, K: int, s: int, G: int) -> Ten
     _check("carafe_reassemble_dm", tuple(x.shape), K, s, G, dout=dout, x=x)
     B, C, H, W = x.shape
     dM = _empty_cl(x, B, G * K * K, H * s, W * s)
-    FAMILY.launch("bwd_m", B * H * W, _cl(dout), _cl(x), dM.permute(0, 2, 3, 1), B, H, W, C // G, K, s, G, grid_y=G)
+    FAMILY.launch("sim", B * H * W, _cl(dout), _cl(x), dM.permute(0, 2, 3, 1), _win(K, x.device), B, H, W, C // G,
+                  K * K, s, G, ZERO, wk.scale_bits(1.0), grid_y=G)
     return dM
 
 
@@ -137,3 +163,15 @@ def _dm_flop(dout_shape, x_shape, K: int, s: int, G: int, *_, **__) -> int:
 def reassemble_kernel(x: Tensor, M: Tensor, K: int, s: int, G: int = 1) -> Tensor:
     """The reassembly primitive on the kernels (differentiable); NCHW in, NCHW (channels_last memory) out."""
     return carafe_reassemble(x, M, K, s, G)
+
+
+def reassemble_fused(x: Tensor, L: Tensor, K: int, s: int, G: int = 1) -> Tensor:
+    """``reassemble_kernel(x, L.softmax over each group's K²)`` in one kernel, L the (B, G·K², sH, sW) logits:
+    softmax (max-subtracted, in the accumulation type) fused into the reassembly, no kernel map in memory.
+    Differentiable (the backward recomputes the softmax; deterministic gathers). NCHW in, NCHW
+    (channels_last memory) out."""
+    op = "carafe_reassemble_fused"
+    kb.check_tensors(op, {"x": x})
+    _check(op, tuple(x.shape), K, s, G, x=x, M=L)
+    out = wk.window_attn_fused_given(L.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1), list(_square(K)), ZERO, s, G)
+    return out.permute(0, 3, 1, 2)

@@ -18,6 +18,7 @@ from upbench.cases import Case
 from upbench.plugin import HyperParam, Operator
 
 from .reassembly import (
+    LogitsFn,
     ReassembleFn,
     check_positive_ints,
     module_impls,
@@ -36,14 +37,22 @@ class FadeModule(nn.Module):
         self.encoder = nn.Conv2d(emb, K * K, 3, padding=1)
         self.gate = nn.Conv2d(C, 1, 1)
 
-    def kernels(self, x: Tensor, y: Tensor) -> Tensor:
-        """Reassembly kernels (B, K², sH, sW), summing to 1 over the K² slots."""
+    def logits(self, x: Tensor, y: Tensor) -> Tensor:
+        """Kernel logits (B, K², sH, sW): the high-res branch plus the nearest-upsampled low-res one."""
         hi = self.encoder(self.en(y))
         lo = F.conv2d(self.de(x), self.encoder.weight, None, padding=1)
-        return (hi + nearest_up(lo, self.s)).softmax(1)
+        return hi + nearest_up(lo, self.s)
 
-    def forward(self, x: Tensor, y: Tensor, reassemble: ReassembleFn = reassemble_lean) -> Tensor:
-        r = reassemble(x, self.kernels(x, y), self.K, self.s, 1)
+    def kernels(self, x: Tensor, y: Tensor) -> Tensor:
+        """Reassembly kernels (B, K², sH, sW), summing to 1 over the K² slots."""
+        return self.logits(x, y).softmax(1)
+
+    def forward(self, x: Tensor, y: Tensor, reassemble: ReassembleFn = reassemble_lean,
+                fused: LogitsFn | None = None) -> Tensor:
+        if fused is not None:  # softmax inside the reassembly kernel: no normalised kernel map in memory
+            r = fused(x, self.logits(x, y), self.K, self.s, 1)
+        else:
+            r = reassemble(x, self.kernels(x, y), self.K, self.s, 1)
         B, C, oh, ow = r.shape
         H, W = oh // self.s, ow // self.s
         # The gate broadcasts over the s×s children instead of materialising its nearest upsampling.
@@ -60,7 +69,7 @@ class Fade(Operator):
     guided = True
     uses_Cy = False  # y and x must have the same channels, so Cy is not a free axis
     hyperparams = (HyperParam("emb", 64, "embedding channels of the 1×1 convs"),)
-    impls = module_impls()
+    impls = module_impls(fused=True)  # the kernels are softmax(logits): DESIGN.md §4
     model_impls = ("cupy", "cpu-kernel", "lean", "unfold")
 
     def _emb(self, case: Case) -> int:

@@ -1,7 +1,8 @@
 """The one binding of upbench's .cu kernel families to torch: lane models, dtype suffixes, argument checks,
 launching, and the source closure of each family (provenance).
 
-Every family (``kernels/<family>.cu``, bound in ``operators/<family>_kernels.py``) goes through
+Every family (``kernels/<family>.cu``, bound in ``operators/<family>_kernels.py``; today the one family
+``window_attn``, which SAPA's and CARAFE's bindings also launch) goes through
 :class:`Family`: ``family.launch(kernel, items, *args, grid_y=…)`` runs ``<family>_<kernel>_<suffix>`` on the
 tensors' device — the CuPy build on CUDA (``upbench._cuda``), the host shim on the CPU (``upbench._cpu_shim``)
 — with the lane model that build needs. The lane models live here, once: the GPU's (``GPU_DEFINES``, also
@@ -135,8 +136,8 @@ class Family:
             variant = _cpu_shim.current_variant()
             _cpu_shim.load(self.name, variant, defines_for("cpu", variant), _cpu_shim.current_kernel_dir())
 
-    def sources(self, device: str) -> tuple[str, ...]:
-        return kernel_sources(self.name, device)
+    def sources(self, device: str, bindings: tuple[str, ...] = ()) -> tuple[str, ...]:
+        return kernel_sources(self.name, device, bindings)
 
 
 def available(device: str) -> str | None:
@@ -167,10 +168,11 @@ def families_using(file_name: str, families: tuple[str, ...]) -> list[str]:
     return [f for f in families if file_name in _cuda.include_closure(f)]
 
 
-def kernel_sources(family: str, device: str | None = None) -> tuple[str, ...]:
+def kernel_sources(family: str, device: str | None = None, bindings: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Every file whose bytes decide what ``family``'s kernels compute on ``device`` (both when None): the
     .cu and every header it includes (the closure the loader inlines), the CPU shim header for CPU builds,
-    the loader module that holds the compile options, this binding and the family's binding module.
+    the loader module that holds the compile options, this binding, the family's binding module and the
+    operator bindings in ``bindings`` (module names, e.g. ``"sapa_kernels"``, that launch the family's entries).
 
     Impls that run the family list these in ``Impl.sources``, so that their ``impl_hash`` changes with them."""
     kdir = _cpu_shim.kernel_dir()
@@ -180,5 +182,5 @@ def kernel_sources(family: str, device: str | None = None) -> tuple[str, ...]:
     if device in (None, "cuda"):
         files.append(Path(_cuda.__file__))
     here = Path(__file__).resolve().parent
-    files += [here / "kernel_binding.py", here / f"{family}_kernels.py"]
+    files += [here / "kernel_binding.py", here / f"{family}_kernels.py", *(here / f"{b}.py" for b in bindings)]
     return tuple(str(p.resolve()) for p in files)

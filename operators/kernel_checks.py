@@ -1,11 +1,14 @@
-"""Self-checks of the SAPA, CARAFE and window_attn kernels, declared for ``python -m upbench.selfcheck``.
+"""Self-checks of the window-attention kernel family (kernels/window_attn.cu) through every binding that runs
+it — SAPA's ops, CARAFE's reassembly (plain and fused with the softmax) and window_attn's own — declared for
+``python -m upbench.selfcheck``.
 
 Checks every kernel impl against the float64 references — each op (sim, atn, atn_t, fused) forward on
 border-heavy, odd and non-square shapes with NaN-poisoned outputs, forward + backward of the core op, in
 each dtype — then gradcheck in float64, fused against unfused, determinism of the backward gather, and
 prints latency (median; CUDA events after warm-up, or perf_counter on the CPU) and peak extra memory for
 unfold, lean, torch.compile(lean) and the two kernel impls at B=2, C=d=256, 64²→128², K=5, fp32 and fp16.
-CARAFE's reassembly kernels are checked too (forward and backward against reassemble_reference), and every
+CARAFE's reassembly is checked too (forward and backward against reassemble_reference, the fused softmax +
+reassembly against the reference of softmax then reassembly), and every
 window_attn kernel (NAF's and UPLiFT's attention) on border-heavy windows, with gradcheck, determinism,
 compute-sanitizer and NAF's fused forward at 28² → 448² against the copy bandwidth.
 On ``cuda`` they use the CuPy build (upbench._cuda); on ``cpu`` (and in ``--dry-run``) the shim build.
@@ -108,8 +111,9 @@ def check_autograd(device: str, dtype: torch.dtype) -> list[Result]:
 
 
 def check_carafe(device: str, dtype: torch.dtype) -> list[Result]:
-    """CARAFE's reassembly kernels (reassemble_kernel), forward and backward, against reassemble_reference."""
-    from .carafe_kernels import reassemble_kernel
+    """CARAFE's reassembly (reassemble_kernel) and its softmax-fused form (reassemble_fused), forward and
+    backward, against reassemble_reference (of the softmax of the logits for the fused form)."""
+    from .carafe_kernels import reassemble_fused, reassemble_kernel
     from .reassembly import reassemble_reference
 
     out = []
@@ -127,6 +131,16 @@ def check_carafe(device: str, dtype: torch.dtype) -> list[Result]:
         errs = [_rel_err(y, y64.detach())] + [_rel_err(a, b) for a, b in zip(grads, ref, strict=True)]
         out.append(Result(f"carafe fwd+bwd {(B, C, H, W, K, s, G)} {dtype}", max(errs) <= TOL[dtype],
                           "rel err out/dx/dM " + " ".join(f"{e:.1e}" for e in errs)))
+        L = torch.randn(B, G * K * K, H * s, W * s, generator=g, dtype=torch.float64).to(dtype)
+        xd, Ld = (t.to(device).requires_grad_() for t in (x, L))
+        y = reassemble_fused(xd, Ld, K, s, G)
+        grads = torch.autograd.grad(y, (xd, Ld), dy.to(device))
+        x64, L64 = (t.double().requires_grad_() for t in (x, L))
+        y64 = reassemble_reference(x64, L64.view(B, G, K * K, H * s, W * s).softmax(2).view(L.shape), K, s, G)
+        ref = torch.autograd.grad(y64, (x64, L64), dy.double())
+        errs = [_rel_err(y, y64.detach())] + [_rel_err(a, b) for a, b in zip(grads, ref, strict=True)]
+        out.append(Result(f"carafe fused fwd+bwd {(B, C, H, W, K, s, G)} {dtype}", max(errs) <= GRAD_TOL[dtype],
+                          "rel err out/dx/dL " + " ".join(f"{e:.1e}" for e in errs)))
     return out
 
 
@@ -330,7 +344,7 @@ def _sk():
 
 def _every_kernel_once(device: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Each kernel entry once on a small border-heavy shape (fresh outputs): name → output."""
-    from .carafe_kernels import carafe_reassemble, carafe_reassemble_dm, carafe_reassemble_dx
+    from .carafe_kernels import carafe_reassemble, carafe_reassemble_dm, carafe_reassemble_dx, reassemble_fused
 
     sk = _sk()
     B, H, W, D, C, K, s = SHAPES[1]
@@ -346,6 +360,7 @@ def _every_kernel_once(device: str, dtype: torch.dtype = torch.float32) -> dict[
         "carafe_fwd": carafe_reassemble(x, M, K, s, 1),
         "carafe_bwd_x": carafe_reassemble_dx(M, dout, K, s, 1),
         "carafe_bwd_m": carafe_reassemble_dm(dout, x, K, s, 1),
+        "carafe_fused": reassemble_fused(x, M, K, s, 1),  # M as logits
         **_every_window_kernel_once(device, dtype),
     }
 
@@ -506,7 +521,7 @@ def check_bandwidth(ctx: Context) -> list[Result]:
     """Achieved GB/s of each fused kernel at the benchmark shape, and its ratio to the copy bandwidth."""
     from upbench.ceilings import copy_gbps
 
-    from .carafe_kernels import reassemble_kernel
+    from .carafe_kernels import reassemble_fused, reassemble_kernel
 
     sk = _sk()
     shape = QUICK_BENCH if ctx.dry_run else BENCH
@@ -519,6 +534,8 @@ def check_bandwidth(ctx: Context) -> list[Result]:
                             e * (q.numel() + k.numel() + v.numel() + B * H * s * W * s * C)),
         f"carafe_fwd fp16 {shape}": (lambda: reassemble_kernel(x, M, K, s, 1),
                                      e * (x.numel() + M.numel() + x.numel() * s * s)),
+        f"carafe_fused fp16 {shape}": (lambda: reassemble_fused(x, M, K, s, 1),  # M as logits: same traffic
+                                       e * (x.numel() + M.numel() + x.numel() * s * s)),
         **_naf_bandwidth_case(ctx),
     }
     ceiling = copy_gbps(ctx.device, 1 << (22 if ctx.dry_run else 30))

@@ -6,8 +6,10 @@ around the parent (i//s, j//s); off-map slots hold zeros (zero padding, no renor
 
 Three formulations: ``unfold`` (F.unfold + einsum; K² × the low-res tensor), ``lean`` (a loop over the K²
 offsets on shifted views, O(output) memory) and ``reassemble_reference`` (an explicit index gather, used in
-float64 as the operators' definition). Kernel-backed impls (operators/carafe_kernels.py, written separately)
-are wired in lazily by :func:`reassembly_impls` so the package imports without them.
+float64 as the operators' definition). Kernel-backed impls (operators/carafe_kernels.py, on the window-attention
+kernel family) are wired in lazily so the package imports without them. The ``-fused`` kernel impls take the
+kernels' logits instead (``LogitsFn``) and fuse the softmax over each group's K² into the reassembly; operators
+whose kernels are exactly softmax(logits) (CARAFE, FADE) offer them through ``module_impls(fused=True)``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from upbench.plugin import Impl, Operator
 
 # fn(x, M, K, s, G) -> out
 ReassembleFn = Callable[[Tensor, Tensor, int, int, int], Tensor]
+# fn(x, L, K, s, G) -> reassembly of x with softmax over each group's K² logits of L
+LogitsFn = Callable[[Tensor, Tensor, int, int, int], Tensor]
 
 
 def reassemble_unfold(x: Tensor, M: Tensor, K: int, s: int, G: int = 1) -> Tensor:
@@ -94,14 +98,14 @@ def window_border(case: Case, r: int) -> Tensor:
 _KERNEL_MODULE = "upbench.operators.carafe_kernels"
 
 
-def _kernel_fn() -> tuple[ReassembleFn | None, str | None]:
+def _kernel_fn(name: str = "reassemble_kernel") -> tuple[ReassembleFn | None, str | None]:
     try:
         mod = importlib.import_module(_KERNEL_MODULE)
     except ImportError as exc:
         return None, f"{_KERNEL_MODULE} is not importable ({exc})"
-    fn = getattr(mod, "reassemble_kernel", None)
+    fn = getattr(mod, name, None)
     if fn is None:
-        return None, f"{_KERNEL_MODULE} has no reassemble_kernel"
+        return None, f"{_KERNEL_MODULE} has no {name}"
     return fn, None
 
 
@@ -120,6 +124,13 @@ def _call_kernel(x: Tensor, M: Tensor, K: int, s: int, G: int = 1) -> Tensor:
     return fn(x, M, K, s, G)
 
 
+def _call_kernel_fused(x: Tensor, L: Tensor, K: int, s: int, G: int = 1) -> Tensor:
+    fn, why = _kernel_fn("reassemble_fused")
+    if fn is None:
+        raise RuntimeError(why)
+    return fn(x, L, K, s, G)
+
+
 @dataclass(frozen=True)
 class ReassemblyImpl:
     """One way to reassemble; operators turn each into an :class:`upbench.plugin.Impl`."""
@@ -130,6 +141,7 @@ class ReassemblyImpl:
     devices: tuple[str, ...] = ("cpu", "cuda")
     available: Callable[[str], str | None] = lambda _: None
     sources: tuple[str, ...] = ()  # the kernel files it runs (Impl.sources: part of its impl_hash)
+    fused: bool = False  # fn is a LogitsFn: it takes the logits and applies the softmax itself
 
 
 def _kernel_sources(device: str) -> tuple[str, ...]:
@@ -137,7 +149,7 @@ def _kernel_sources(device: str) -> tuple[str, ...]:
         from .kernel_binding import kernel_sources
     except ImportError:  # the package imports without the kernel bindings; nothing to hash then
         return ()
-    return kernel_sources("carafe", device)
+    return kernel_sources("window_attn", device, ("carafe_kernels",))
 
 
 REASSEMBLY_IMPLS: tuple[ReassemblyImpl, ...] = (
@@ -147,22 +159,30 @@ REASSEMBLY_IMPLS: tuple[ReassemblyImpl, ...] = (
                    ("cuda",), _kernel_available, _kernel_sources("cuda")),
     ReassemblyImpl("cpu-kernel", _call_kernel, "the same CUDA source compiled for the CPU",
                    ("cpu",), _kernel_available, _kernel_sources("cpu")),
+    ReassemblyImpl("cupy-fused", _call_kernel_fused, "one CUDA kernel (carafe_kernels.reassemble_fused) via "
+                   "CuPy: softmax over K² fused into the reassembly, no kernel map in memory",
+                   ("cuda",), _kernel_available, _kernel_sources("cuda"), fused=True),
+    ReassemblyImpl("cpu-kernel-fused", _call_kernel_fused, "the fused kernel compiled for the CPU, no kernel map "
+                   "in memory", ("cpu",), _kernel_available, _kernel_sources("cpu"), fused=True),
 )
 
 
-def module_impls() -> tuple[Impl, ...]:
-    """One Impl per reassembly formulation for a module whose forward takes ``reassemble=fn``."""
+def module_impls(fused: bool = False) -> tuple[Impl, ...]:
+    """One Impl per reassembly formulation for a module whose forward takes ``reassemble=fn``; with ``fused``
+    also the fused kernel impls, for a module whose forward takes ``fused=fn`` (a LogitsFn) instead: one
+    whose kernels are exactly the softmax over each group's K² of its logits."""
 
-    def factory_for(fn: ReassembleFn):
+    def factory_for(ri: ReassemblyImpl):
         def factory(case: Case, module: nn.Module | None) -> Callable[..., Tensor]:
             assert module is not None
+            kw = {"fused" if ri.fused else "reassemble": ri.fn}
 
             def run(*inputs: Tensor) -> Tensor:
-                return module(*inputs, reassemble=fn)
+                return module(*inputs, **kw)
 
             return run
 
         return factory
 
-    return tuple(Impl(ri.name, factory_for(ri.fn), ri.description, devices=ri.devices, available=ri.available,
-                      sources=ri.sources) for ri in REASSEMBLY_IMPLS)
+    return tuple(Impl(ri.name, factory_for(ri), ri.description, devices=ri.devices, available=ri.available,
+                      sources=ri.sources) for ri in REASSEMBLY_IMPLS if fused or not ri.fused)

@@ -1,18 +1,22 @@
-"""SAPA's kernels (kernels/sapa.cu) as torch custom ops, and the kernel-backed impls of the SAPA core.
+"""SAPA's kernel ops on the window-attention family (kernels/window_attn.cu), and the kernel-backed impls of the
+SAPA core.
 
 Ops (namespace ``upbench``), channels-last, all of one dtype (float64/32/16, bfloat16) and device:
   ``sapa_sim(q, k, K, s) -> S``       S[b,i,j,m] = <q(i,j), k(slot m)>, 0 off the map
   ``sapa_atn(A, v, K, s) -> out``     out(i,j) = Σ_m A[b,i,j,m] · v(slot m)
   ``sapa_atn_t(A, g, K, s) -> dv``    the transpose of atn as a gather (backward of both ops)
   ``sapa_fused(q, k, v, K, s)``       atn(softmax(sim)) without the K² map; forward only
-Each has a fake (meta) impl, a FLOP formula for FlopCounterMode, and sim/atn an autograd formula built from
-the same ops, so torch.compile, opcheck and gradcheck work. A CUDA tensor runs the CuPy build
-(upbench._cuda), a CPU tensor the same source through the host shim (upbench._cpu_shim).
+Each launches the family's entry of the same name (window_attn_sim, …) with the K×K window, the zero border rule
+of DESIGN.md §2, one group and scale 1; SAPA keeps its own ops for their argument checks (K, not an offset
+list), messages and FLOP formulas. Each has a fake (meta) impl, a FLOP formula for FlopCounterMode, and sim/atn
+an autograd formula built from the same ops, so torch.compile, opcheck and gradcheck work. A CUDA tensor runs the
+CuPy build (upbench._cuda), a CPU tensor the same source through the host shim (upbench._cpu_shim).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -22,9 +26,23 @@ from upbench.cases import Case
 from upbench.plugin import Impl
 
 from . import kernel_binding as kb
+from . import window_attn_kernels as wk
 
-FAMILY = kb.Family("sapa")
+FAMILY = wk.FAMILY
 MAX_K = kb.MAX_K
+ZERO = wk.BORDERS["zero"]  # DESIGN.md §2: an off-map slot is a zero row, its logit 0
+ONE = wk.scale_bits(1.0)
+KERNELS = ("sim", "atn", "atn_t", "fused")
+
+
+@lru_cache(maxsize=16)
+def _square(K: int) -> tuple[int, ...]:
+    return tuple(wk.Window.square(K).flat)
+
+
+def _win(K: int, device: torch.device) -> Tensor:
+    """The K×K window's offsets as the family's kernels read them."""
+    return wk.offsets_tensor(_square(K), device)
 
 
 def _check_hi(op: str, name: str, hi: Tensor, lo_shape: torch.Size | tuple[int, ...], s: int,
@@ -43,7 +61,7 @@ def sim_into(q: Tensor, k: Tensor, S: Tensor, K: int, s: int) -> Tensor:
     B, H, W, D = k.shape
     _check_hi(op, "q", q, k.shape, s, D)
     _check_hi(op, "S", S, k.shape, s, K * K)
-    FAMILY.launch("sim", B * H * W, q, k, S, B, H, W, D, K, s)
+    FAMILY.launch("sim", B * H * W, q, k, S, _win(K, q.device), B, H, W, D, K * K, s, 1, ZERO, ONE)
     return S
 
 
@@ -54,7 +72,7 @@ def atn_into(A: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> Tensor:
     B, H, W, C = v.shape
     _check_hi(op, "A", A, v.shape, s, K * K)
     _check_hi(op, "out", out, v.shape, s, C)
-    FAMILY.launch("atn", B * H * W, A, v, out, B, H, W, C, K, s)
+    FAMILY.launch("atn", B * H * W, A, v, out, _win(K, v.device), B, H, W, C, K * K, s, 1, ZERO)
     return out
 
 
@@ -65,7 +83,8 @@ def atn_t_into(A: Tensor, g: Tensor, out: Tensor, K: int, s: int) -> Tensor:
     B, H, W, C = out.shape
     _check_hi(op, "A", A, out.shape, s, K * K)
     _check_hi(op, "g", g, out.shape, s, C)
-    FAMILY.launch("atn_t", B * H * W, A, g, out, B, H, W, C, K, s, grid_y=-(-C // kb.chunk_t(g)))  # chunks on y
+    FAMILY.launch("atn_t", B * H * W, A, g, out, _win(K, g.device), B, H, W, C, K * K, s, 1, ZERO,
+                  grid_y=-(-C // kb.chunk_t(g)))  # channel chunks on y
     return out
 
 
@@ -78,7 +97,7 @@ def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, K: int, s: int) -> 
     kb.check_shape(op, "v", v, (B, H, W, None))
     _check_hi(op, "q", q, k.shape, s, D)
     _check_hi(op, "out", out, k.shape, s, C)
-    FAMILY.launch("fused", B * H * W, q, k, v, out, B, H, W, D, C, K, s)
+    FAMILY.launch("fused", B * H * W, q, k, v, out, _win(K, q.device), B, H, W, D, C, K * K, s, 1, ZERO, ONE)
     return out
 
 
@@ -245,7 +264,7 @@ def _supports(case: Case) -> str | None:
 
 def _factory(fn: Callable[..., Tensor], device: str):
     def factory(case: Case, module: None) -> Callable[..., Tensor]:
-        FAMILY.prepare(device, ("sim", "atn", "atn_t", "fused"), case.torch_dtype)
+        FAMILY.prepare(device, KERNELS, case.torch_dtype)
         K, s = case.K, case.s
 
         def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -256,6 +275,9 @@ def _factory(fn: Callable[..., Tensor], device: str):
     return factory
 
 
+# The family's source closure plus this binding: an edit of either changes these impls' hashes.
+SOURCES = {d: FAMILY.sources(d, ("sapa_kernels",)) for d in ("cuda", "cpu")}
+
 CORE_FNS: dict[str, Callable[..., Tensor]] = {
     "cupy": core_kernel,
     "cupy-fused": core_kernel_fused,
@@ -265,13 +287,13 @@ CORE_FNS: dict[str, Callable[..., Tensor]] = {
 
 IMPLS: tuple[Impl, ...] = (
     Impl("cupy", _factory(core_kernel, "cuda"), "CuPy CUDA kernels: sim, torch softmax, atn; gather backward",
-         devices=("cuda",), available=kb.available, supports=_supports, sources=FAMILY.sources("cuda")),
+         devices=("cuda",), available=kb.available, supports=_supports, sources=SOURCES["cuda"]),
     Impl("cupy-fused", _factory(core_kernel_fused, "cuda"), "one CuPy CUDA kernel sim→softmax→atn, no K² map",
          devices=("cuda",), backward=False, available=kb.available, supports=_supports,
-         sources=FAMILY.sources("cuda")),
+         sources=SOURCES["cuda"]),
     Impl("cpu-kernel", _factory(core_kernel, "cpu"), "the CUDA source compiled for the CPU (g++, OpenMP)",
-         devices=("cpu",), available=kb.available, supports=_supports, sources=FAMILY.sources("cpu")),
+         devices=("cpu",), available=kb.available, supports=_supports, sources=SOURCES["cpu"]),
     Impl("cpu-kernel-fused", _factory(core_kernel_fused, "cpu"), "fused kernel compiled for the CPU, no K² map",
          devices=("cpu",), backward=False, available=kb.available, supports=_supports,
-         sources=FAMILY.sources("cpu")),
+         sources=SOURCES["cpu"]),
 )

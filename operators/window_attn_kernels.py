@@ -9,9 +9,12 @@ logits (B, sH, sW, G·M). Ops (namespace ``upbench``; the window as a flat offse
   ``window_attn_atn(A, v, offs, border, s, G)``            out = Σ_m A_m · v(slot m)
   ``window_attn_atn_t(A, g, offs, border, s, G)``          atn's transpose as a gather (backward; no atomics)
   ``window_attn_fused(q, k, v, offs, border, s, G, scale)`` atn(softmax(sim)) without the M-map; forward only
-  ``window_attn_fused_given(L, v, offs, border, s, G)``    atn(softmax(L)) for given logits; forward only
+  ``window_attn_fused_given(L, v, offs, border, s, G)``    atn(softmax(L)) for given logits; its backward
+                                                            recomputes softmax(L) and runs sim and atn_t
 
-sim and atn carry autograd formulas built from the same ops; every op has a fake impl and a FLOP formula.
+sim, atn and fused_given carry autograd formulas built from the same ops; every op has a fake impl and a FLOP
+formula. SAPA (sapa_kernels.py) and CARAFE/FADE (carafe_kernels.py) launch these entries with a K×K window and
+the zero rule, behind their own ops and argument checks.
 """
 
 from __future__ import annotations
@@ -81,6 +84,17 @@ def check_window(op: str, offs: Sequence[int], border: int, s: int, G: int, H: i
 @lru_cache(maxsize=64)
 def _offsets(offs: tuple[int, ...], device: torch.device) -> Tensor:
     return torch.tensor(offs, dtype=torch.int64, device=device)
+
+
+def offsets_tensor(offs: Sequence[int], device: torch.device) -> Tensor:
+    """The flat offset list as the kernels read it (int64 on ``device``, cached): for bindings that launch the
+    family's entries with their own argument checks (SAPA's, CARAFE's)."""
+    return _offsets(tuple(offs), device)
+
+
+def scale_bits(scale: float) -> int:
+    """``scale`` as the kernels take it (the bits of a float64)."""
+    return _scale_bits(scale)
 
 
 def _scale_bits(scale: float) -> int:
@@ -272,8 +286,31 @@ def _atn_backward(ctx, dout: Tensor):
     return dA, dv, None, None, None, None
 
 
+def _setup_fused_given(ctx, inputs, output) -> None:
+    L, v, ctx.offs, ctx.border, ctx.s, ctx.G = inputs
+    ctx.save_for_backward(L, v)
+
+
+def _fused_given_backward(ctx, dout: Tensor):
+    """Recomputes the weights A = softmax(L) (the forward kept none), then the unfused chain's gathers:
+    dv = atn_t(A, dout), dL = A ⊙ (dA − Σ_m A·dA) with dA = sim(dout, v). Deterministic, no atomics."""
+    L, v = ctx.saved_tensors
+    B, OH, OW, _ = L.shape
+    w = (ctx.offs, ctx.border, ctx.s, ctx.G)
+    A = L.reshape(B, OH, OW, ctx.G, -1).softmax(-1)
+    dout = dout.contiguous()
+    dL = dv = None
+    if ctx.needs_input_grad[0]:
+        dA = window_attn_sim(dout, v, *w, 1.0).view(A.shape)  # 0 off the map, as A's use
+        dL = (A * (dA - (A * dA).sum(-1, keepdim=True))).view(L.shape)
+    if ctx.needs_input_grad[1]:
+        dv = window_attn_atn_t(A.view(L.shape), dout, *w)
+    return dL, dv, None, None, None, None
+
+
 window_attn_sim.register_autograd(_sim_backward, setup_context=_setup_sim)
 window_attn_atn.register_autograd(_atn_backward, setup_context=_setup_atn)
+window_attn_fused_given.register_autograd(_fused_given_backward, setup_context=_setup_fused_given)
 
 
 # -- FLOPs (2 × MACs; every slot counted, off-map ones included) ------------------------------------------------
@@ -320,7 +357,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, win: Window, s: int, G: int = 1, 
 
 
 def attention_given(L: Tensor, v: Tensor, win: Window, s: int, G: int = 1, fused: bool = False) -> Tensor:
-    """softmax over the slots of the given logits L, weighted sum of v(slot m); differentiable unless ``fused``."""
+    """softmax over the slots of the given logits L, weighted sum of v(slot m); differentiable (fused: the
+    backward recomputes the softmax)."""
     if fused:
         return window_attn_fused_given(L, v, win.flat, win.code, s, G)
     B, OH, OW, _ = L.shape

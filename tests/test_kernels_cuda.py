@@ -21,7 +21,7 @@ def test_import_upbench_needs_no_gpu_or_cupy():
 def test_unavailable_reason_and_clear_errors():
     assert _cuda.unavailable_reason() == "needs a CUDA device (torch.cuda.is_available() is False)"
     with pytest.raises(RuntimeError, match="cupy kernels: needs a CUDA device"):
-        _cuda.function("sapa", "sapa_sim_f32", 0, GPU_DEFINES)
+        _cuda.function("window_attn", "window_attn_sim_f32", 0, GPU_DEFINES)
 
 
 def test_cupy_reason_is_remembered():
@@ -30,9 +30,9 @@ def test_cupy_reason_is_remembered():
 
 
 def test_source_is_self_contained():
-    src = _cuda.source("sapa")
+    src = _cuda.source("window_attn")
     assert '#include "' not in src  # local headers inlined: NVRTC gets no include path, CuPy's cache key sees all
-    assert src.count("namespace upb {") >= 2 and "UPB_SAPA_ENTRIES(bf16, upb::bf16)" in src
+    assert src.count("namespace upb {") >= 2 and "UPB_WA_ENTRIES(bf16, upb::bf16)" in src
 
 
 def _nvrtc():
@@ -51,16 +51,16 @@ def _nvrtc():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_nvrtc_compiles_the_source_as_cupy_would(arch):
     nvrtc = _nvrtc()
-    prog = nvrtc.createProgram(_cuda.source("sapa"), "sapa.cu", [], [])
+    prog = nvrtc.createProgram(_cuda.source("window_attn"), "window_attn.cu", [], [])
     try:
         # CuPy appends -ftz=true after the caller's options: compile exactly what it would
         nvrtc.compileProgram(prog, (*_cuda.nvrtc_options(GPU_DEFINES), f"--gpu-architecture={arch}", "-ftz=true"))
     except Exception as exc:
         pytest.fail(f"NVRTC: {exc}\n{nvrtc.getProgramLog(prog)[:4000]}")
     ptx = nvrtc.getPTX(prog).decode()
-    for kernel in ("sim", "atn", "atn_t", "fused"):
+    for kernel in ("sim", "atn", "atn_t", "fused", "fused_given"):  # SAPA's, CARAFE's, NAF's and UPLiFT's
         for suffix in ("f64", "f32", "f16", "bf16"):
-            assert f".entry sapa_{kernel}_{suffix}(" in ptx
+            assert f".entry window_attn_{kernel}_{suffix}(" in ptx
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
@@ -79,6 +79,7 @@ def test_selfcheck_cuda_dry_run_runs_all_cpu_logic_and_prints_the_table_last(cap
     assert re.fullmatch(r"\d+ passed, 0 failed, \d+ skipped", table[-1]), table[-1]
     rows = {line.split("  ")[0].strip(): line for line in table[3:-1]}
     for name in ("quick pass of every kernel (subprocess)", "deterministic sapa_fused", "deterministic carafe_bwd_m",
+                 "deterministic carafe_fused",
                  "bf16 subnormal round trip (FTZ: subnormals → +0, normals exact)"):
         assert " PASS " in rows[name], rows.get(name)
     assert any(n.startswith("bench shape") and " PASS " in r for n, r in rows.items())

@@ -119,6 +119,7 @@ def test_carafe_entries_reject_bad_arguments(case):
     calls = [lambda: ck.carafe_reassemble_dx(M, dout, K_, s_, G_), lambda: ck.carafe_reassemble_dm(dout, x, K_, s_, G_)]
     if case != "dout":
         calls.append(lambda: ck.reassemble_kernel(x, M, K_, s_, G_))
+        calls.append(lambda: ck.reassemble_fused(x, M, K_, s_, G_))  # M as logits: the same checks
     for call in calls:
         if case == "M" and call is calls[1]:
             continue  # dm takes no M

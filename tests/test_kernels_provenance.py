@@ -33,14 +33,15 @@ HASHES = textwrap.dedent("""
                       for name, op in registry.operators().items() for impl in op.impls}))
 """)
 
+# Every kernel impl runs kernels/window_attn.cu: SAPA's through sapa_kernels.py, the reassembly operators'
+# through carafe_kernels.py (A2U without the fused impls: its kernels are not softmax(logits)), NAF's and
+# UPLiFT's through window_attn_kernels.py.
 SAPA_OPS = ("sapa", "sapa-b", "sapa-g", "sapa-i")
-SAPA_IMPLS = ("cupy", "cupy-fused", "cpu-kernel", "cpu-kernel-fused")
-REASSEMBLY_OPS = ("a2u", "carafe", "fade")  # the operators whose kernel impls run kernels/carafe.cu
-REASSEMBLY_IMPLS = ("cupy", "cpu-kernel")
-WINDOW_OPS = ("naf", "uplift")  # the operators whose kernel impls run kernels/window_attn.cu
-SAPA = {f"{o}/{i}" for o in SAPA_OPS for i in SAPA_IMPLS}
-CARAFE = {f"{o}/{i}" for o in REASSEMBLY_OPS for i in REASSEMBLY_IMPLS}
-WINDOW = {f"{o}/{i}" for o in WINDOW_OPS for i in SAPA_IMPLS}
+KERNEL_IMPLS = ("cupy", "cupy-fused", "cpu-kernel", "cpu-kernel-fused")
+SAPA = {f"{o}/{i}" for o in SAPA_OPS for i in KERNEL_IMPLS}
+CARAFE = {f"{o}/{i}" for o in ("carafe", "fade") for i in KERNEL_IMPLS} | {"a2u/cupy", "a2u/cpu-kernel"}
+WINDOW = {f"{o}/{i}" for o in ("naf", "uplift") for i in KERNEL_IMPLS}
+ALL = SAPA | CARAFE | WINDOW
 
 
 def _hashes(copy: Path) -> dict[str, str]:
@@ -61,22 +62,36 @@ def package_copy(tmp_path_factory) -> Path:
 
 
 def test_kernel_sources_are_the_include_closure_and_bindings():
-    names = {Path(p).name for p in kb.kernel_sources("sapa", "cpu")}
-    assert {"sapa.cu", "window.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py", "sapa_kernels.py",
-            "_cpu_shim.py"} == names
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cpu")}
     assert {"window_attn.cu", "window.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py",
             "window_attn_kernels.py", "_cpu_shim.py"} == names
-    names = {Path(p).name for p in kb.kernel_sources("carafe", "cuda")}
-    assert {"carafe.cu", "window.cuh", "upb_common.cuh", "kernel_binding.py", "carafe_kernels.py", "_cuda.py"} == names
+    names = {Path(p).name for p in kb.kernel_sources("window_attn", "cuda", ("carafe_kernels",))}
+    assert {"window_attn.cu", "window.cuh", "upb_common.cuh", "kernel_binding.py", "window_attn_kernels.py",
+            "carafe_kernels.py", "_cuda.py"} == names
+    assert sorted(p.name for p in kb._cpu_shim.kernel_dir().glob("*.cu")) == ["window_attn.cu"]  # one family
+
+
+@pytest.mark.parametrize("binding, changed", [
+    ("operators/sapa_kernels.py", SAPA),
+    ("operators/carafe_kernels.py", CARAFE),
+    ("operators/window_attn_kernels.py", ALL),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_editing_a_binding_changes_the_hashes_of_the_impls_that_launch_through_it(package_copy, binding, changed):
+    before = _hashes(package_copy)
+    path = package_copy / binding
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        after = _hashes(package_copy)
+    finally:
+        path.write_bytes(original)
+    assert {k for k in before if before[k] != after[k]} == changed
 
 
 @pytest.mark.parametrize("edit, changed", [
-    ("kernels/sapa.cu", SAPA),
-    ("kernels/carafe.cu", CARAFE),
-    ("kernels/window_attn.cu", WINDOW),
-    ("kernels/window.cuh", SAPA | CARAFE | WINDOW),
-    ("kernels/cpu_shim.h", {k for k in SAPA | CARAFE | WINDOW if "cpu-kernel" in k}),
+    ("kernels/window_attn.cu", ALL),
+    ("kernels/window.cuh", ALL),
+    ("kernels/cpu_shim.h", {k for k in ALL if "cpu-kernel" in k}),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_editing_a_kernel_file_changes_exactly_the_hashes_of_the_impls_that_compile_it(package_copy, edit, changed):
     before = _hashes(package_copy)

@@ -1,4 +1,5 @@
-"""SAPA's CUDA kernels run through the CPU shim, against the float64 references.
+"""SAPA's kernel ops (the window-attention family with a K×K window, kernels/window_attn.cu) run through the
+CPU shim, against the float64 references.
 
 Outputs are poisoned with NaN before each kernel so an element it forgets to write shows up. The ``fast``
 build (one-lane warps, vectorised) is what cpu-kernel uses; the ``simt`` build runs the CUDA lane logic
@@ -159,7 +160,7 @@ def test_backward_gather_is_deterministic_across_thread_counts():
 def test_build_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path))
     defs = CPU_DEFINES["simt"]
-    lib = _cpu_shim.build("sapa", "simt", defs)
+    lib = _cpu_shim.build("window_attn", "simt", defs)
     stamp = lib.stat().st_mtime_ns
-    assert _cpu_shim.build("sapa", "simt", defs) == lib and lib.stat().st_mtime_ns == stamp
+    assert _cpu_shim.build("window_attn", "simt", defs) == lib and lib.stat().st_mtime_ns == stamp
     assert lib.parent.parent == tmp_path / "cpu-kernels" and not list(lib.parent.glob("tmp*"))

@@ -59,7 +59,7 @@ DRIVER = textwrap.dedent("""
             sys.exit(1)
 
     with _cpu_shim.use_variant(variant, kdir):
-        if "sapa" in fams:
+        if "window_attn" in fams:  # SAPA's ops: the family's entries with a K×K window, zero rule
             for B, H, W, D, C, K, s in [(1, 2, 3, 5, 7, 3, 2), (1, 2, 2, 33, 260, 5, 3)][:n]:
                 q, k, v = rnd(B, H * s, W * s, D) * D ** -0.5, rnd(B, H, W, D), rnd(B, H, W, C)
                 gr, A = rnd(B, H * s, W * s, C), rnd(B, H * s, W * s, K * K).softmax(-1)
@@ -73,7 +73,7 @@ DRIVER = textwrap.dedent("""
                       sk.atn_reference(f[4].double(), f[2].double(), K, s))
                 close(f"sapa atn_t {(B, H, W, D, C, K, s)}", sk.atn_t_into(f[4], f[3], nan(B, H, W, C), K, s),
                       sk.atn_t_reference(f[4].double(), f[3].double(), K, s))
-        if "carafe" in fams:
+        if "window_attn" in fams:  # CARAFE's reassembly, plain and fused with the softmax (groups)
             for B, C, H, W, K, s, G in [(1, 6, 2, 3, 3, 2, 2), (1, 260, 2, 2, 5, 2, 1)][:n]:
                 x = rnd(B, C, H, W).float().requires_grad_()
                 M = rnd(B, G * K * K, H * s, W * s).softmax(1).float().requires_grad_()
@@ -85,6 +85,10 @@ DRIVER = textwrap.dedent("""
                 dx64, dM64 = torch.autograd.grad(y64, (x64, M64), dy.double())
                 for what, a, b in (("fwd", y, y64), ("dx", dx, dx64), ("dM", dM, dM64)):
                     close(f"carafe {what} {(B, C, H, W, K, s, G)}", a.detach(), b.detach())
+                L64 = M.detach().double()  # as logits
+                A64 = L64.view(B, G, K * K, H * s, W * s).softmax(2).view(L64.shape)
+                close(f"carafe fused {(B, C, H, W, K, s, G)}", ck.reassemble_fused(x.detach(), M.detach(), K, s, G),
+                      reassemble_reference(x.detach().double(), A64, K, s, G))
         if "window_attn" in fams:
             # dilation × K past the map with two groups; UPLiFT's offsets (clamp); NAF's shift rule, C = 260
             for win, B, H, W, D, C, s, G in [(wk.Window.square(3, 2), 1, 2, 3, 5, 7, 2, 2),
@@ -110,7 +114,7 @@ DRIVER = textwrap.dedent("""
                       wk.atn_t_reference(d[5], d[3], win, s, G))
     print("ok", flush=True)
 """)
-FAMILIES = ("sapa", "carafe", "window_attn")
+FAMILIES = ("window_attn",)  # the one kernel family; SAPA's and CARAFE's bindings run on it
 
 
 TSAN = _cpu_shim.sanitizer_runtime("libtsan.so")
