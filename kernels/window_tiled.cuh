@@ -28,7 +28,8 @@
 #ifndef UPB_TILE_POOL
 #define UPB_TILE_POOL (46 * 1024)  // static shared memory per block: under the 48 KB static limit, 4 blocks / SM on H100
 #endif
-#define UPB_TILE_SLICE_BYTES 128  // a channel slice: 32 fp32 / 16 fp64 channels; 32 channels (64 B) for fp16 / bf16
+#define UPB_TILE_SLICE_BYTES 64  // a channel slice: 16 fp32 / 8 fp64 channels; 16 channels (32 B) for fp16 / bf16
+#define UPB_TILE_NCH 4           // children of one parent per thread: each staged row read feeds NCH of them
 
 namespace upb {
 namespace wt {
@@ -180,6 +181,7 @@ __device__ __forceinline__ void tiled_kernel(const T* __restrict__ q, const T* _
   typedef typename Acc<T>::type A;
   typedef typename Idx<I32>::t I;
   typedef Slice<T> S;
+  constexpr int NCH = UPB_TILE_NCH;
   const int M = (int)M_, s = (int)s_, mode = (int)mode_, TU = (int)TU_, TV = (int)TV_, NCB = (int)NCB_;
   const int tid = (int)threadIdx.x, nth = (int)blockDim.x, ss = s * s;
   const i64 grp = blockIdx.y;
@@ -194,7 +196,7 @@ __device__ __forceinline__ void tiled_kernel(const T* __restrict__ q, const T* _
   }
   const int EU = TU + (int)(hu - lu), EV = TV + (int)(hv - lv), P = TU * TV;
   const int o_lg = (P * M * 4 + 15) & ~15, o_box = o_lg + ((NCB * M * (int)sizeof(A) + 15) & ~15);
-  UPB_DEVICE_CHECK(M >= 1 && M <= UPB_MAX_KK && s >= 1 && TU >= 1 && TV >= 1 && NCB >= 1 &&
+  UPB_DEVICE_CHECK(M >= 1 && M <= UPB_MAX_KK && s >= 1 && TU >= 1 && TV >= 1 && NCB >= NCH && NCB % NCH == 0 &&
                    o_box + EU * EV * S::ROW <= UPB_TILE_POOL, "tiled window_attn: plan exceeds the shared pool");
   UPB_TILE_SCRATCH(pool);
   int* tab = (int*)pool;
@@ -223,60 +225,74 @@ __device__ __forceinline__ void tiled_kernel(const T* __restrict__ q, const T* _
       tab[w] = (int)((pos(mode, pu, off[2 * m], H, -lu, H - 1 - hu) - hu0) * EV +
                      (pos(mode, pv, off[2 * m + 1], W, -lv, W - 1 - hv) - hv0));
     }
-    const int nchild = pe * ss;
-    for (int n0 = 0; n0 < nchild; n0 += NCB) {
-      const int nc = nchild - n0 < NCB ? nchild - n0 : NCB;
-      // Child n of this pass: parent p = (n0 + n) / s², (ci, cj) within it; its high-res pixel index.
-      auto pixel = [&](int n, int& p) -> I {
-        const int c = n0 + n;
-        p = c / ss;
-        const int r = c - p * ss, ci = r / s, cj = r - ci * s;
+    // Children go in groups of NCH of one parent (the last group of a parent masked when NCH ∤ s²): a group's
+    // members share every slot row, so one shared-memory read of a row feeds NCH children. NCB / NCH groups a pass.
+    const int gpp = (ss + NCH - 1) / NCH, ngt = pe * gpp, NG = NCB / NCH;
+    for (int g0 = 0; g0 < ngt; g0 += NG) {
+      const int ng = ngt - g0 < NG ? ngt - g0 : NG;
+      // Member j of group gl of this pass: parent p, whether it exists, its high-res pixel index.
+      auto child = [&](int gl, int j, int& p, bool& ok) -> I {
+        const int g = g0 + gl;
+        p = g / gpp;
+        const int r = (g - p * gpp) * NCH + j, rr = r < ss ? r : 0, ci = rr / s, cj = rr - ci * s;
+        ok = r < ss;
         return ((I)bb * OH + (I)((u0 + p / tve) * s + ci)) * OW + (I)((v0 + p % tve) * s + cj);
       };
       if (!GIVEN) {
-        const int R = nth / nc > 1 ? nth / nc : 1;  // threads per child: they split its slots
+        const int R = nth / ng > 1 ? nth / ng : 1;  // threads per group: they split its slots
         for (I d0 = 0; d0 < (I)D; d0 += S::SL) {
           __syncthreads();  // S1: the previous slice's readers of the halo are done
           stage<T, I>(box, kg, ldq, (I)D, d0, bb, hu0, hv0, EU, EV, H, W, kvec, tid, nth);
           __syncthreads();  // S2: the k slice is staged
-          for (int w = tid; w < nc * R; w += nth) {
-            const int n = w % nc, j = w / nc;
-            int p;
-            const T* qr = qg + pixel(n, p) * ldq + d0;
-            A qs[S::SL];  // this slice of the child's q row, in registers (16-byte loads)
-            if (kvec && d0 + S::SL <= (I)D) {
+          for (int w = tid; w < ng * R; w += nth) {
+            const int gl = w % ng, jj = w / ng;
+            int p = 0;
+            A qs[NCH][S::SL];  // this slice of the members' q rows, in registers (16-byte loads)
 #pragma unroll
-              for (int i = 0; i < S::SL / S::VW; ++i) unpack(*(const U16*)(qr + i * S::VW), qs + i * S::VW, (const T*)0);
-            } else {
+            for (int j = 0; j < NCH; ++j) {
+              bool ok;
+              const T* qr = qg + child(gl, j, p, ok) * ldq + d0;
+              if (ok && kvec && d0 + S::SL <= (I)D) {
 #pragma unroll
-              for (int i = 0; i < S::SL; ++i) qs[i] = d0 + i < (I)D ? (A)ld(qr + i) : A(0);
+                for (int i = 0; i < S::SL / S::VW; ++i) unpack(*(const U16*)(qr + i * S::VW), qs[j] + i * S::VW, (const T*)0);
+              } else {
+#pragma unroll
+                for (int i = 0; i < S::SL; ++i) qs[j][i] = ok && d0 + i < (I)D ? (A)ld(qr + i) : A(0);
+              }
             }
             const int* tp = tab + p * M;
-            A* lr = lg + n * M;
-            for (int m = j; m < M; m += R) {
+            A* lr = lg + gl * NCH * M;
+            for (int m = jj; m < M; m += R) {
               const unsigned char* kr = box + tp[m] * S::ROW;
-              A acc = A(0);
+              A acc[NCH];
+#pragma unroll
+              for (int j = 0; j < NCH; ++j) acc[j] = A(0);
 #pragma unroll
               for (int i = 0; i < S::SL / S::VW; ++i) {
                 A x[S::VW];
                 unpack(*(const U16*)(kr + i * 16), x, (const T*)0);
 #pragma unroll
-                for (int e = 0; e < S::VW; ++e) acc += qs[i * S::VW + e] * x[e];
+                for (int j = 0; j < NCH; ++j)
+#pragma unroll
+                  for (int e = 0; e < S::VW; ++e) acc[j] += qs[j][i * S::VW + e] * x[e];
               }
-              lr[m] = d0 == 0 ? acc : lr[m] + acc;
+#pragma unroll
+              for (int j = 0; j < NCH; ++j) lr[j * M + m] = d0 == 0 ? acc[j] : lr[j * M + m] + acc[j];
             }
           }
         }
       } else {
         __syncthreads();  // S1g: the previous pass's readers of the logits are done
-        for (int w = tid; w < nc * M; w += nth) {
+        for (int w = tid; w < ng * NCH * M; w += nth) {
           const int n = w / M, m = w - n * M;
           int p;
-          lg[w] = (A)ld(qg + pixel(n, p) * ldq + m);
+          bool ok;
+          const I px = child(n / NCH, n % NCH, p, ok);
+          lg[w] = ok ? (A)ld(qg + px * ldq + m) : A(0);
         }
       }
       __syncthreads();  // S3: every logit of the pass is complete
-      for (int n = tid; n < nc; n += nth) {
+      for (int n = tid; n < ng * NCH; n += nth) {
         A* e = lg + n * M;
         A mx = e[0];
         for (int m = 1; m < M; ++m) mx = amax(mx, e[m]);
@@ -290,36 +306,47 @@ __device__ __forceinline__ void tiled_kernel(const T* __restrict__ q, const T* _
         for (int m = 0; m < M; ++m) e[m] *= inv;
       }
       __syncthreads();  // S4: the weights are normalised
-      const int per = S::SL / S::VW;  // threads per child in the aggregation: one 16-byte vector of channels each
+      const int per = S::SL / S::VW;  // threads per group in the aggregation: one 16-byte vector of channels each
       for (I c0 = 0; c0 < (I)C; c0 += S::SL) {
         if (c0 > 0) __syncthreads();  // S5: the previous slice's readers of the halo are done
         stage<T, I>(box, vg, ldv, (I)C, c0, bb, hu0, hv0, EU, EV, H, W, vvec, tid, nth);
         __syncthreads();  // S6: the v slice is staged
-        for (int w = tid; w < nc * per; w += nth) {
-          const int n = w / per, i = w - n * per;
+        for (int w = tid; w < ng * per; w += nth) {
+          const int gl = w / per, i = w - gl * per;
           int p;
-          const I px = pixel(n, p);
+          bool ok;
+          child(gl, 0, p, ok);
           const int* tp = tab + p * M;
-          const A* wr = lg + n * M;
-          A acc[S::VW];
+          const A* wr = lg + gl * NCH * M;
+          A acc[NCH][S::VW];
 #pragma unroll
-          for (int e = 0; e < S::VW; ++e) acc[e] = A(0);
+          for (int j = 0; j < NCH; ++j)
+#pragma unroll
+            for (int e = 0; e < S::VW; ++e) acc[j][e] = A(0);
           for (int m = 0; m < M; ++m) {
             A x[S::VW];
             unpack(*(const U16*)(box + tp[m] * S::ROW + i * 16), x, (const T*)0);
-            const A wt = wr[m];
 #pragma unroll
-            for (int e = 0; e < S::VW; ++e) acc[e] += wt * x[e];
+            for (int j = 0; j < NCH; ++j) {
+              const A wt = wr[j * M + m];
+#pragma unroll
+              for (int e = 0; e < S::VW; ++e) acc[j][e] += wt * x[e];
+            }
           }
           const I c = c0 + (I)(i * S::VW);
-          T* orow = og + px * ldv + c;
-          if (ovec && c + (I)S::VW <= (I)C) {
-            U16 u;
-            pack(u, acc, (const T*)0);
-            st_stream(orow, u);
-          } else {
-            for (int e = 0; e < S::VW; ++e)
-              if (c + e < (I)C) st(orow + e, acc[e]);
+#pragma unroll
+          for (int j = 0; j < NCH; ++j) {
+            const I px = child(gl, j, p, ok);
+            if (!ok) continue;
+            T* orow = og + px * ldv + c;
+            if (ovec && c + (I)S::VW <= (I)C) {
+              U16 u;
+              pack(u, acc[j], (const T*)0);
+              st_stream(orow, u);
+            } else {
+              for (int e = 0; e < S::VW; ++e)
+                if (c + e < (I)C) st(orow + e, acc[j][e]);
+            }
           }
         }
       }

@@ -146,11 +146,11 @@ def atn_t_into(A: Tensor, g: Tensor, out: Tensor, offs: Sequence[int], border: i
 
 
 def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int,
-               scale: float = 1.0, *, path: str | None = None, tile: tuple[int, int] | None = None,
+               scale: float = 1.0, *, path: str | None = None, tile: tuple[int, ...] | None = None,
                blocks: int | None = None) -> Tensor:
     """The fused forward into ``out``. ``path``: ``auto`` (the default, or ``$UPBENCH_WA_FUSED``: the tiled kernel
-    on CUDA when its plan fits, else the warp kernel), ``tiled`` or ``warp`` to force one; ``tile`` (TU, TV) and
-    ``blocks`` (a smaller grid, so blocks loop over tiles) pin the tiled kernel's plan for tests."""
+    on CUDA when its plan fits, else the warp kernel), ``tiled`` or ``warp`` to force one; ``tile`` (TU, TV) or
+    (TU, TV, NCB) and ``blocks`` (a smaller grid, so blocks loop over tiles) pin the tiled kernel's plan (tests)."""
     op = "window_attn_fused"
     kb.check_tensors(op, {"q": q, "k": k, "v": v, "out": out}, contiguous=True)
     B, H, W, _ = k.shape
@@ -172,7 +172,7 @@ def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, offs: Sequence[int]
 
 
 def fused_given_into(L: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int, *,
-                     path: str | None = None, tile: tuple[int, int] | None = None,
+                     path: str | None = None, tile: tuple[int, ...] | None = None,
                      blocks: int | None = None) -> Tensor:
     """The fused forward for given logits into ``out``; ``path``, ``tile``, ``blocks`` as for :func:`fused_into`."""
     op = "window_attn_fused_given"
@@ -198,13 +198,15 @@ PATHS = ("auto", "tiled", "warp")
 
 
 @lru_cache(maxsize=1)
-def tiled_constants() -> tuple[int, int]:
-    """(pool bytes, slice bytes): UPB_TILE_POOL and UPB_TILE_SLICE_BYTES, read from the header (one truth)."""
+def tiled_constants() -> tuple[int, int, int]:
+    """(pool bytes, slice bytes, children per thread): UPB_TILE_POOL, UPB_TILE_SLICE_BYTES and UPB_TILE_NCH, read
+    from the header (one truth)."""
     text = (_cpu_shim.kernel_dir() / "window_tiled.cuh").read_text()
     pool = re.search(r"#define UPB_TILE_POOL \((\d+) \* 1024\)", text)
     sl = re.search(r"#define UPB_TILE_SLICE_BYTES (\d+)", text)
-    assert pool and sl, "window_tiled.cuh: UPB_TILE_POOL / UPB_TILE_SLICE_BYTES not found"
-    return int(pool.group(1)) * 1024, int(sl.group(1))
+    nch = re.search(r"#define UPB_TILE_NCH (\d+)", text)
+    assert pool and sl and nch, "window_tiled.cuh: UPB_TILE_POOL / UPB_TILE_SLICE_BYTES / UPB_TILE_NCH not found"
+    return int(pool.group(1)) * 1024, int(sl.group(1)), int(nch.group(1))
 
 
 def tiled_slice(esize: int) -> tuple[int, int]:
@@ -215,7 +217,8 @@ def tiled_slice(esize: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TilePlan:
-    """A block's tile: TU×TV parents, NCB children per pass; the halo box, passes per tile, tiles, pool bytes."""
+    """A block's tile: TU×TV parents, NCB child slots per pass (groups of NCH children of one parent); the halo
+    box, passes per tile, tiles, pool bytes."""
 
     TU: int
     TV: int
@@ -233,31 +236,34 @@ def _align16(n: int) -> int:
 
 @lru_cache(maxsize=256)
 def tile_plan(offs: tuple[int, ...], s: int, B: int, H: int, W: int, esize: int, min_tiles: int = 1,
-              tile: tuple[int, int] | None = None) -> TilePlan | None:
+              tile: tuple[int, ...] | None = None) -> TilePlan | None:
     """The tiled kernel's plan, or None when no tile fits the shared pool (a window whose extent's halo box is
     larger than the pool: the warp kernel runs). Among tiles up to 16×16 that fit, it minimises the halo rows
     staged per parent (box rows × passes / parents), preferring plans with at least ``min_tiles`` tiles (enough
-    blocks to fill the GPU); ``tile`` pins (TU, TV)."""
-    pool, _ = tiled_constants()
+    blocks to fill the GPU); ``tile`` pins (TU, TV) or (TU, TV, NCB)."""
+    pool, _, nch = tiled_constants()
     _, row = tiled_slice(esize)
     acc = 8 if esize == 8 else 4
     M = len(offs) // 2
     eu = max(offs[0::2]) - min(offs[0::2])
     ev = max(offs[1::2]) - min(offs[1::2])
-    cands = [tile] if tile else [(tu, tv) for tu in range(1, min(H, 16) + 1) for tv in range(1, min(W, 16) + 1)]
+    gpp = -(-s * s // nch)  # child groups per parent
+    cands = [tile[:2]] if tile else [(tu, tv) for tu in range(1, min(H, 16) + 1) for tv in range(1, min(W, 16) + 1)]
     best, best_key = None, None
     for tu, tv in cands:
         P, EU, EV = tu * tv, tu + eu, tv + ev
         fixed = _align16(P * M * 4) + EU * EV * row
-        ncb = min(P * s * s, (pool - fixed - 15) // (M * acc)) if pool - fixed > 15 else 0
-        if ncb < 1:
+        ng = min(P * gpp, (pool - fixed - 15) // (M * acc * nch)) if pool - fixed > 15 else 0
+        if tile and len(tile) == 3:
+            ng = min(ng, max(1, tile[2] // nch))
+        if ng < 1:
             continue
-        passes = -(-P * s * s // ncb)
+        passes = -(-P * gpp // ng)
         tiles = B * -(-H // tu) * -(-W // tv)
         key = (tiles < min_tiles, -tiles if tiles < min_tiles else 0, EU * EV * passes / P, -P)
         if best_key is None or key < best_key:
-            smem = _align16(P * M * 4) + _align16(ncb * M * acc) + EU * EV * row
-            best, best_key = TilePlan(tu, tv, ncb, EU, EV, passes, tiles, smem), key
+            smem = _align16(P * M * 4) + _align16(ng * nch * M * acc) + EU * EV * row
+            best, best_key = TilePlan(tu, tv, ng * nch, EU, EV, passes, tiles, smem), key
     return best
 
 
@@ -277,15 +283,15 @@ def tiled_unavailable(device_type: str) -> str | None:
 
 
 def _tiled_plan(op: str, path: str | None, offs: Sequence[int], s: int, G: int, B: int, H: int, W: int,
-                t: Tensor, tile: tuple[int, int] | None) -> TilePlan | None:
+                t: Tensor, tile: tuple[int, ...] | None) -> TilePlan | None:
     """The plan when the tiled kernel runs this call, None for the warp kernel."""
     path = _path(path)
     if path == "warp" or (path == "auto" and t.device.type != "cuda"):
         return None
     why = tiled_unavailable(t.device.type)
-    if why is None and tile is not None and not (isinstance(tile, tuple) and len(tile) == 2
+    if why is None and tile is not None and not (isinstance(tile, tuple) and len(tile) in (2, 3)
                                                  and all(isinstance(x, int) and x >= 1 for x in tile)):
-        why = f"tile={tile!r}; must be two positive integers"
+        why = f"tile={tile!r}; must be (TU, TV) or (TU, TV, NCB), positive integers"
     min_tiles = 1
     if t.device.type == "cuda":  # four blocks per SM (the pool allows four on H100), spread over the G groups
         min_tiles = -(-4 * torch.cuda.get_device_properties(t.device).multi_processor_count // G)
