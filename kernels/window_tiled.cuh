@@ -4,11 +4,12 @@
 // A block owns a tile of TU×TV low-res parents (one batch item, one group) and all their s² children. It stages the
 // window's halo of k (then of v) in shared memory, one channel slice at a time, with 16-byte copies (cp.async on
 // sm_80+); accumulates every child's M logits in shared memory across the D slices (each (child, slot) entry has
-// one owning thread, so the slices need no barrier for them); keeps the thread's slice of its child's q row in
-// registers (16-byte loads); takes the softmax (max subtraction, fp32 / fp64); then aggregates over C slices of
-// the staged v halo and writes the output with streaming stores (st.global.cs). The children of a tile are taken
-// NCB at a time when their logits do not all fit. I32: 32-bit index arithmetic (the binding chooses it when every
-// tensor has < 2^31 elements).
+// one owning thread, so the slices need no barrier for them); holds the slice of q of UPB_TILE_NCH children of one
+// parent in a thread's registers (16-byte loads), so that each staged row read feeds NCH children; takes the
+// softmax (max subtraction, fp32 / fp64); then aggregates over C slices of the staged v halo (again NCH children
+// per row read) and writes the output with streaming stores (st.global.cs). When the logits of all children do
+// not fit, a tile takes its children NCB at a time (passes). I32: 32-bit index arithmetic (the binding chooses it
+// when every tensor has < 2^31 elements).
 //
 // Halo: under every border rule a slot's position is a monotone, 1-Lipschitz function of the parent and of the
 // offset (zero: p + d; clamp: clamp(p + d, 0, n−1); shift: clamp(p, −lo, n−1−hi) + d), so the positions a tile
@@ -16,8 +17,9 @@
 // box of rows. Rows of the box off the map are zero-filled, which is the zero rule's value (and logit, q·0 = 0),
 // so no slot needs a test in the inner loops. A slot table (parent, slot) → box row is built once per tile.
 //
-// Shared memory: one static pool of UPB_TILE_POOL bytes, carved by the binding's plan (TU, TV, NCB):
-//   slot table  P·M ints | logits NCB·M accumulators | halo box rows of UPB_TILE_ROW(T) bytes (a slice + 16 B pad)
+// Shared memory: one static pool of UPB_TILE_POOL bytes, carved by the binding's plan (TU, TV, NCB; NCB a multiple
+// of NCH): slot table P·M ints | logits NCB·M accumulators | halo box rows of Slice<T>::ROW bytes (a slice + 16 B
+// pad, so that the 16-byte reads of neighbouring rows fall in different banks).
 // Barriers (each removed in turn by the mutation tests): S0 tile start (the previous tile's readers are done),
 // S1 before a k slice is staged (readers of the previous slice), S2 after it, S1g before given logits are loaded,
 // S3 logits complete, S4 weights normalised, S5 before a v slice (readers of the previous one), S6 after it.
@@ -28,7 +30,7 @@
 #ifndef UPB_TILE_POOL
 #define UPB_TILE_POOL (46 * 1024)  // static shared memory per block: under the 48 KB static limit, 4 blocks / SM on H100
 #endif
-#define UPB_TILE_SLICE_BYTES 64  // a channel slice: 16 fp32 / 8 fp64 channels; 16 channels (32 B) for fp16 / bf16
+#define UPB_TILE_SLICE_BYTES 64  // a channel slice: 16 fp32 channels (64 B); 16 fp16 / bf16 (32 B); 4 fp64 (32 B)
 #define UPB_TILE_NCH 4           // children of one parent per thread: each staged row read feeds NCH of them
 
 namespace upb {
@@ -60,7 +62,8 @@ __device__ __forceinline__ unsigned long long d2b(double d) {
 
 // Channels of a slice (SL) and per 16-byte vector (VW) of storage type T; A is the accumulation type.
 template <typename T> struct Slice {
-  enum { E = (int)sizeof(T), SL = UPB_TILE_SLICE_BYTES / (E < 4 ? 4 : E), VW = 16 / E, ROW = SL * E + 16 };
+  // fp64: 4 channels (32 B) a slice, so that NCH × SL q values fit the registers (8 spilled on sm_80)
+  enum { E = (int)sizeof(T), SL = UPB_TILE_SLICE_BYTES / (E == 8 ? 16 : 4), VW = 16 / E, ROW = SL * E + 16 };
 };
 
 // 16 bytes of T ↔ VW accumulators.
@@ -171,7 +174,7 @@ __device__ __forceinline__ void stage(unsigned char* box, const T* __restrict__ 
 }
 
 // The fused forward over tiles. Computed logits (GIVEN false): q (B, sH, sW, G·D), k (B, H, W, G·D); given:
-// L (B, sH, sW, G·M) in q's place. v (B, H, W, G·C), out (B, sH, sW, G·C). Plan: TU×TV parents, NCB children
+// L (B, sH, sW, G·M) in q's place. v (B, H, W, G·C), out (B, sH, sW, G·C). Plan: TU×TV parents, NCB child slots
 // per pass (the binding's tile_plan; checked against the pool in debug builds).
 template <bool GIVEN, bool I32, typename T>
 __device__ __forceinline__ void tiled_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,

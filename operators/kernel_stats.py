@@ -159,27 +159,28 @@ def warp_traffic(c: TrafficCase, nc: int = 2, lanes: int = 32, vpt: int = 8) -> 
 def tiled_traffic(c: TrafficCase, sms: int = H100_SMS, threads: int = 128) -> dict[str, Any]:
     """window_tiled.cuh's kernel with the plan the binding picks for ``sms`` SMs: per tile and pass, the halo box
     staged once per channel slice (global → shared), each child's q row read by the R threads that split its
-    slots, the output stored once; shared reads: every (child, slot) reads a staged row slice in both phases."""
-    from .window_attn_kernels import tile_plan, tiled_slice
+    group's slots, the output stored once; shared: the staging writes, one row-slice read per (child group, slot,
+    slice) in both phases, the logits' read-modify-write per D slice, the softmax's passes and the weight reads."""
+    from .window_attn_kernels import tile_plan, tiled_constants, tiled_slice
 
     Dg, Cg, e, M = c.D // c.G, c.C // c.G, c.esize, c.M
     plan = tile_plan(c.offsets, c.s, c.B, c.H, c.W, e, -(-4 * sms // c.G))
     if plan is None:
         return {"kernel": "tiled", "plan": None}
+    nch = tiled_constants()[2]
     SL, _ = tiled_slice(e)
     ss, lo = c.s * c.s, c.B * c.H * c.W
-    hi = lo * ss
+    hi, groups = lo * ss, lo * -(-ss // nch)  # children; child groups (a masked tail when nch ∤ s²)
     tiles_u, tiles_v = -(-c.H // plan.TU), -(-c.W // plan.TV)
     # halo rows staged: per tile (edge tiles counted at full size: an upper bound) and pass
     box = plan.EU * plan.EV * plan.passes * c.B * tiles_u * tiles_v
-    nc = min(plan.NCB, plan.TU * plan.TV * ss)
-    R = max(1, threads // nc)
+    R = max(1, threads // min(plan.NCB // nch, plan.TU * plan.TV * -(-ss // nch)))
     first = hi * M if c.given else hi * Dg * R + box * Dg
     l1 = e * c.G * (first + box * Cg + hi * Cg)
-    sl_d, sl_c = -(-Dg // SL) * SL, -(-Cg // SL) * SL
-    staged = box * ((0 if c.given else sl_d) + sl_c) * e
-    rows = hi * M * ((0 if c.given else sl_d) + sl_c) * e
-    logits = hi * M * 4 * ((0 if c.given else 2 * -(-Dg // SL)) + 4 + -(-Cg // SL))
+    nd, ncs = (0 if c.given else -(-Dg // SL)), -(-Cg // SL)
+    staged = box * (nd + ncs) * SL * e
+    rows = groups * M * (nd + ncs) * SL * e
+    logits = groups * nch * M * 4 * (2 * nd + 5 + ncs)
     dram, fits = _dram(c)
     return {"kernel": "tiled", "minimum": minimum_bytes(c), "dram": dram, "l1": l1,
             "shared": c.G * (staged + rows + logits), "fits_l2": fits, "plan": plan}

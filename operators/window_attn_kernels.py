@@ -211,7 +211,7 @@ def tiled_constants() -> tuple[int, int, int]:
 
 def tiled_slice(esize: int) -> tuple[int, int]:
     """(channels per slice, bytes per staged halo row) for an element size: Slice<T> in window_tiled.cuh."""
-    sl = tiled_constants()[1] // max(esize, 4)
+    sl = tiled_constants()[1] // (16 if esize == 8 else 4)
     return sl, sl * esize + 16
 
 
