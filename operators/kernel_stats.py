@@ -9,6 +9,7 @@ GPU; the tests fail on either, and reports can show the table.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -59,12 +60,26 @@ def parse_ptxas(text: str) -> list[dict[str, Any]]:
     return list(stats.values())
 
 
+_STATS_CACHE: dict[tuple[str, str, tuple[str, ...], str], list[dict]] = {}
+
+
 def compile_stats(path: str | os.PathLike[str], arch: str = "sm_90", extra: tuple[str, ...] = ()) -> list[dict]:
     """Compile ``path`` for ``arch`` (e.g. ``sm_80``) and return one dict per kernel entry point.
 
     Keys: kernel, arch, registers, stack_bytes, spill_stores, spill_loads, smem_bytes. Raises RuntimeError
-    with nvcc's message when nvcc is missing or the compile fails.
+    with nvcc's message when nvcc is missing or the compile fails. Cached per process by the bytes of the file
+    and of the kernel headers (one compile serves several tests).
     """
+    h = hashlib.sha256(Path(path).read_bytes())
+    for p in sorted(kernel_dir().glob("*.cuh")):
+        h.update(p.read_bytes())
+    key = (str(path), arch, tuple(extra), h.hexdigest())
+    if key not in _STATS_CACHE:
+        _STATS_CACHE[key] = _compile_stats(path, arch, extra)
+    return [dict(s) for s in _STATS_CACHE[key]]
+
+
+def _compile_stats(path: str | os.PathLike[str], arch: str, extra: tuple[str, ...]) -> list[dict]:
     exe = nvcc()
     if exe is None:
         raise RuntimeError("nvcc not found (set UPBENCH_NVCC or CUDA_HOME, or put nvcc on PATH)")
@@ -80,6 +95,11 @@ def compile_stats(path: str | os.PathLike[str], arch: str = "sm_90", extra: tupl
 def family_stats(family: str, arch: str = "sm_90") -> list[dict]:
     """:func:`compile_stats` of ``kernels/<family>.cu``."""
     return compile_stats(kernel_dir() / f"{family}.cu", arch)
+
+
+def tiled_resources(archs: tuple[str, ...] = ("sm_80", "sm_90")) -> list[dict]:
+    """nvcc's registers, stack, spills and shared memory of the tiled fused forward's entries (window_tiled.cuh)."""
+    return [s for a in archs for s in compile_stats(kernel_dir() / "window_attn.cu", a) if "_tiled" in s["kernel"]]
 
 
 # -- modelled memory traffic of the fused forward kernels (no GPU needed) -------------------------------------------

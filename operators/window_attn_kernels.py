@@ -282,12 +282,15 @@ def tiled_unavailable(device_type: str) -> str | None:
             f"({_cpu_shim.current_variant()}) runs one-lane warps (use simt, weak, race or asan-simt)")
 
 
-def _tiled_plan(op: str, path: str | None, offs: Sequence[int], s: int, G: int, B: int, H: int, W: int,
-                t: Tensor, tile: tuple[int, ...] | None) -> TilePlan | None:
-    """The plan when the tiled kernel runs this call, None for the warp kernel."""
+def fused_path(t: Tensor, offs: Sequence[int], s: int, G: int, B: int, H: int, W: int, path: str | None = None,
+               tile: tuple[int, ...] | None = None) -> tuple[TilePlan | None, str]:
+    """Which fused kernel a call on ``t``'s device runs: (the tiled kernel's plan, or None for the warp kernel;
+    why, in words)."""
     path = _path(path)
-    if path == "warp" or (path == "auto" and t.device.type != "cuda"):
-        return None
+    if path == "warp":
+        return None, "warp kernel: forced (path='warp')"
+    if path == "auto" and t.device.type != "cuda":
+        return None, "warp kernel: the CPU's path (the tiled kernel is a GPU design)"
     why = tiled_unavailable(t.device.type)
     if why is None and tile is not None and not (isinstance(tile, tuple) and len(tile) in (2, 3)
                                                  and all(isinstance(x, int) and x >= 1 for x in tile)):
@@ -298,11 +301,19 @@ def _tiled_plan(op: str, path: str | None, offs: Sequence[int], s: int, G: int, 
     plan = None if why else tile_plan(tuple(offs), s, B, H, W, t.element_size(), min_tiles, tile)
     if plan is None and why is None:
         why = f"no tile's halo box fits the {tiled_constants()[0]} B shared pool"
-    if why is None:
-        return plan
-    if path == "tiled":
-        raise ValueError(f"upbench::{op}: path='tiled': {why}")
-    return None
+    if plan is not None:
+        return plan, f"tiled kernel: {plan.TU}×{plan.TV} parents, {plan.passes} pass(es), {plan.tiles} tiles"
+    return None, f"warp kernel: {why}"
+
+
+def _tiled_plan(op: str, path: str | None, offs: Sequence[int], s: int, G: int, B: int, H: int, W: int,
+                t: Tensor, tile: tuple[int, ...] | None) -> TilePlan | None:
+    """The plan when the tiled kernel runs this call, None for the warp kernel; forcing an impossible tiled
+    call raises."""
+    plan, why = fused_path(t, offs, s, G, B, H, W, path, tile)
+    if plan is None and _path(path) == "tiled":
+        raise ValueError(f"upbench::{op}: path='tiled': {why.removeprefix('warp kernel: ')}")
+    return plan
 
 
 def _tiled_entry(kernel: str, *ts: Tensor) -> str:

@@ -1,7 +1,8 @@
 """The kernels under AddressSanitizer + UBSan, through the CPU shim, in a subprocess with libasan preloaded.
 
 Two builds: ``asan`` (one-lane warps, the vector code) and ``asan-simt`` (32-lane warps, the CUDA lane
-logic). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16); SAPA, CARAFE and window_attn kernels.
+logic, and the tiled fused forward). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16);
+SAPA, CARAFE and window_attn kernels.
 The driver ends with a deliberate overflow (an output one channel short) to prove the sanitizer is live.
 """
 
@@ -51,6 +52,12 @@ DRIVER = textwrap.dedent("""
                     wk.attention_given(L, v, win, s, G).sum().backward()
                     wk.attention(q, k, v, win, s, G, 0.5, fused=True)
                     wk.attention_given(L, v, win, s, G, fused=True)
+                    if variant == "asan-simt":  # the tiled kernel (32-lane builds only): its plan, then pinned
+                        qd, kd, vd, Ld = (t.detach() for t in (q, k, v, L))
+                        for pin in (dict(), dict(tile=(1, 2, 4), blocks=1)):
+                            o = torch.empty(B, H * s, W * s, G * C, dtype=dt)
+                            wk.fused_into(qd, kd, vd, o, win.flat, win.code, s, G, 0.5, path="tiled", **pin)
+                            wk.fused_given_into(Ld, vd, o, win.flat, win.code, s, G, path="tiled", **pin)
             # Bad arguments through the *_into entries: one ValueError each, nothing reaches a kernel. (The
             # custom ops raise from inside torch's dispatcher, a C++ throw that ASan's preloaded runtime cannot
             # intercept in this process; their guards are the same checks, run in test_kernels_guards.py.)

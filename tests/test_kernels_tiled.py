@@ -135,6 +135,17 @@ def test_path_choice(monkeypatch):
         wk.fused_into(q, k, v, out, win.flat, win.code, s, 1, path="tiled", tile=(0, 1))
 
 
+def test_fused_path_says_which_kernel_runs_and_why():
+    t, offs = torch.empty(1), Window.square(5).flat
+    assert wk.fused_path(t, offs, 2, 1, 2, 64, 64) == (None, "warp kernel: the CPU's path (the tiled kernel is a GPU "
+                                                             "design)")
+    with _cpu_shim.use_variant("simt"):
+        plan, why = wk.fused_path(t, offs, 2, 1, 2, 64, 64, "tiled")
+        assert plan is not None and why.startswith(f"tiled kernel: {plan.TU}×{plan.TV} parents")
+        plan, why = wk.fused_path(t, Window.square(9, 16).flat, 2, 1, 1, 200, 200, "tiled")
+        assert plan is None and "halo box fits" in why
+
+
 def test_32_bit_index_path_only_below_2_31_elements():
     small, big = torch.empty(4, device="meta"), torch.empty(2**31, device="meta")
     assert wk._tiled_entry("tiled", small, small) == "tiled_i32"
