@@ -108,7 +108,7 @@ def _skip_reason() -> str | None:
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 def test_kernels_run_clean_under_asan_and_ubsan():
     for variant in ("asan", "asan-simt"):  # build here, so a compile error shows as itself
-        for family in ("sapa", "carafe"):
+        for family in ("sapa", "carafe", "window_attn"):  # (outside the subprocess's timeout)
             _cpu_shim.build(family, variant, CPU_DEFINES[variant])
     env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
