@@ -355,3 +355,32 @@ UPB_WA_ENTRIES(f64, double)
 UPB_WA_ENTRIES(f32, float)
 UPB_WA_ENTRIES(f16, upb::f16)
 UPB_WA_ENTRIES(bf16, upb::bf16)
+
+// The tiled fused forward (window_tiled.cuh): a GPU design, so built for 32-lane warps only (CUDA and the SIMT,
+// weak and race shims); the CPU fast build keeps fused / fused_given above. _i32: 32-bit index arithmetic.
+#if UPB_LANES > 1
+#include "window_tiled.cuh"
+
+#define UPB_WA_TILED_PARAMS(T) \
+  (const T* q, const T* k, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 D, i64 C, i64 M, i64 s, \
+   i64 G, i64 mode, i64 scale, i64 TU, i64 TV, i64 NCB)
+#define UPB_WA_TILED_GIVEN_PARAMS(T) \
+  (const T* L, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G, i64 mode, \
+   i64 TU, i64 TV, i64 NCB)
+#define UPB_WA_TILED_ENTRIES(SUF, T)                                                                                \
+  UPB_ENTRY(window_attn_tiled_##SUF, UPB_WA_TILED_PARAMS(T),                                                         \
+            upb::wt::tiled_kernel<false, false, T>(q, k, v, out, off, B, H, W, D, C, M, s, G, mode, scale, TU, TV, NCB)) \
+  UPB_ENTRY(window_attn_tiled_i32_##SUF, UPB_WA_TILED_PARAMS(T),                                                     \
+            upb::wt::tiled_kernel<false, true, T>(q, k, v, out, off, B, H, W, D, C, M, s, G, mode, scale, TU, TV, NCB))  \
+  UPB_ENTRY(window_attn_tiled_given_##SUF, UPB_WA_TILED_GIVEN_PARAMS(T),                                             \
+            upb::wt::tiled_kernel<true, false, T>(L, v, v, out, off, B, H, W, 0, C, M, s, G, mode,                   \
+                                                  0x3ff0000000000000LL, TU, TV, NCB))                                \
+  UPB_ENTRY(window_attn_tiled_given_i32_##SUF, UPB_WA_TILED_GIVEN_PARAMS(T),                                         \
+            upb::wt::tiled_kernel<true, true, T>(L, v, v, out, off, B, H, W, 0, C, M, s, G, mode,                    \
+                                                 0x3ff0000000000000LL, TU, TV, NCB))
+
+UPB_WA_TILED_ENTRIES(f64, double)
+UPB_WA_TILED_ENTRIES(f32, float)
+UPB_WA_TILED_ENTRIES(f16, upb::f16)
+UPB_WA_TILED_ENTRIES(bf16, upb::bf16)
+#endif

@@ -15,11 +15,14 @@ On ``cuda`` they use the CuPy build (upbench._cuda); on ``cpu`` (and in ``--dry-
 Beyond agreement: compute-sanitizer (racecheck, synccheck, memcheck, initcheck) over a quick pass of every
 kernel, agreement at the benchmark shape and on one tensor past 2^31 elements, a side stream and CUDA-graph
 capture/replay, bitwise determinism of every kernel, the bf16 subnormal round trip in the GPU's float mode,
-achieved GB/s against the copy bandwidth (the HBM floor) and NVML throttling during the run.
+achieved GB/s against the copy bandwidth (the HBM floor) and NVML throttling during the run. The tiled fused
+forward (window_tiled.cuh) has its own rows: agreement in every dtype, determinism, agreement with the warp kernel,
+and its bandwidth beside the warp kernel's (on the CPU through the SIMT build: the fast build has no tiled kernel).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -378,6 +381,9 @@ def _every_window_kernel_once(device: str, dtype: torch.dtype) -> dict[str, torc
         out[f"window_attn_atn_t {tag}"] = wk.atn_t_into(A, g, torch.empty_like(v), *w)
         out[f"window_attn_fused {tag}"] = wk.fused_into(q, k, v, torch.empty_like(g), *w, 0.5)
         out[f"window_attn_fused_given {tag}"] = wk.fused_given_into(A, v, torch.empty_like(g), *w)
+        if wk.tiled_unavailable(torch.device(device).type) is None:  # CUDA (racecheck, synccheck see it), SIMT shims
+            out[f"window_attn_tiled {tag}"] = wk.fused_into(q, k, v, torch.empty_like(g), *w, 0.5, path="tiled")
+            out[f"window_attn_tiled_given {tag}"] = wk.fused_given_into(A, v, torch.empty_like(g), *w, path="tiled")
     return out
 
 
@@ -568,6 +574,88 @@ def _naf_bandwidth_case(ctx: Context) -> dict[str, tuple[Callable, int]]:
             (lambda: wk.attention(q, k, v, win, s, 4, (D // 4) ** -0.5, fused=True), nbytes)}
 
 
+# -- the tiled fused forward (kernels/window_tiled.cuh) -------------------------------------------------------------
+def _tiled_build(ctx: Context) -> contextlib.AbstractContextManager:
+    """On the CPU the tiled kernel runs in the SIMT build (the fast build has none: it is a GPU design)."""
+    from upbench import _cpu_shim
+
+    return _cpu_shim.use_variant("simt") if ctx.device == "cpu" else contextlib.nullcontext()
+
+
+def check_tiled(ctx: Context) -> list[Result]:
+    """The tiled fused forward, forced: agreement with the float64 reference on the border-heavy window cases
+    (computed and given logits, NaN-poisoned outputs) in every dtype, then bitwise determinism over three runs
+    and agreement with the warp kernel."""
+    from . import window_attn_kernels as wk
+
+    out = []
+    cases = _window_cases() if ctx.device == "cuda" else _window_cases()[:4]
+    with _tiled_build(ctx):
+        for dtype in ctx.dtypes:
+            for case in cases:
+                win, B, H, W, D, C, s, G = case
+                (q, k, v, g, A), (q64, k64, v64, _, A64) = _window_inputs(case, dtype, ctx.device)
+                w = (win.flat, win.code, s, G)
+                name = f"{win.border} M={len(win.offsets)} {(B, H, W, D, C, s, G)} {dtype}"
+                for op, got, ref in (
+                        ("tiled", wk.fused_into(q, k, v, torch.full_like(g, float("nan")), *w, 0.5, path="tiled"),
+                         wk.reference(q64, k64, v64, win, s, G, 0.5)),
+                        ("tiled_given", wk.fused_given_into(A, v, torch.full_like(g, float("nan")), *w, path="tiled"),
+                         wk.reference(None, None, v64, win, s, G, L=A64))):
+                    e = _rel_err(got, ref)
+                    out.append(Result(f"window_attn {op} {name}", e <= TOL[dtype],
+                                      f"rel err {e:.2e} (tol {TOL[dtype]:g})"))
+        case = _window_cases()[1]
+        win, B, H, W, D, C, s, G = case
+        (q, k, v, g, _), _ = _window_inputs(case, torch.float32, ctx.device)
+        w = (win.flat, win.code, s, G)
+        runs = [wk.fused_into(q, k, v, torch.empty_like(g), *w, 0.5, path="tiled") for _ in range(3)]
+        warp = wk.fused_into(q, k, v, torch.empty_like(g), *w, 0.5, path="warp")
+    out.append(Result("tiled fused forward bitwise deterministic (3 runs)", all(torch.equal(runs[0], r) for r in runs)))
+    e = _rel_err(runs[0], warp.double().cpu())
+    out.append(Result("tiled vs warp fused forward", e <= 4 * TOL[torch.float32], f"rel diff {e:.2e}"))
+    return out
+
+
+def check_tiled_bandwidth(ctx: Context) -> list[Result]:
+    """Achieved GB/s of the tiled and the warp fused kernels against the copy bandwidth (the HBM floor) at SAPA's
+    benchmark case and NAF's 28² → 448²; the issue's goal: within 2× of the floor (≥ 0.5 × copy bandwidth). In a
+    dry run: tiny shapes in the SIMT build, so the row checks that the check runs, not the speed."""
+    from upbench.ceilings import copy_gbps
+
+    from . import window_attn_kernels as wk
+
+    dry = ctx.device != "cuda"
+    sapa = (1, 8, 8, 32, 32, 2, 1) if dry else (2, 64, 64, 256, 256, 2, 1)  # (B, H, W, D, C, s, G)
+    naf = (1, 9, 9, 64, 96, 2, 4) if dry else (1, 28, 28, 256, 384, 16, 4)
+    cases = [("sapa core", wk.Window.square(5), *sapa, 1.0), ("naf", wk.Window.square(9, 1, "shift"), *naf, 64 ** -0.5)]
+    ceiling = copy_gbps(ctx.device, 1 << (22 if dry else 30))
+    st = Stopping(budget_s=0.3 if dry else 1.0, min_samples=3, max_samples=50)
+    out = []
+    with _tiled_build(ctx):
+        for name, win, B, H, W, D, C, s, G, scale in cases:
+            g = torch.Generator().manual_seed(8)
+            q = torch.randn(B, H * s, W * s, D, generator=g).to(torch.float16).to(ctx.device)
+            k = torch.randn(B, H, W, D, generator=g).to(torch.float16).to(ctx.device)
+            v = torch.randn(B, H, W, C, generator=g).to(torch.float16).to(ctx.device)
+            o = torch.empty(B, H * s, W * s, C, dtype=torch.float16, device=ctx.device)
+            nbytes = 2 * (q.numel() + k.numel() + v.numel() + o.numel())
+            for path in ("tiled", "warp"):
+                def fn(path=path):
+                    return wk.fused_into(q, k, v, o, win.flat, win.code, s, G, scale, path=path)
+                with torch.no_grad():
+                    fn()
+                    lat = time_fn(fn, ctx.device, st).median
+                gbps = nbytes / lat / 1e9
+                goal = "dry run: SIMT build, speed meaningless" if dry else \
+                    f"goal ≥ 0.50 × {'met' if gbps >= 0.5 * ceiling else 'NOT met'}"
+                out.append(Result(f"bandwidth {name} fused ({path}) fp16 {H}²→{H * s}² C={C}", gbps > 0,
+                                  f"{gbps:.1f} GB/s = {gbps / ceiling:.2f} × copy bandwidth {ceiling:.0f} GB/s "
+                                  f"(floor {nbytes / (ceiling * 1e9) * 1e3:.3f} ms, measured {lat * 1e3:.3f} ms; "
+                                  f"{goal})"))
+    return out
+
+
 def _throttle_wrapped(ctx: Context) -> list[Result]:
     from upbench._nvml import throttle_events, throttle_snapshot
 
@@ -628,6 +716,8 @@ SELFCHECKS: tuple[SelfCheck, ...] = (
     SelfCheck("bitwise determinism", check_determinism, _available),
     SelfCheck("bf16 subnormals", check_bf16_subnormals, _available),
     SelfCheck("bandwidth vs HBM floor", check_bandwidth, _available),
+    SelfCheck("tiled fused forward (agreement, determinism)", check_tiled, _available),
+    SelfCheck("tiled fused forward bandwidth vs HBM floor", check_tiled_bandwidth, _available),
     SelfCheck("timing table", _timing, _available),
     SelfCheck("NVML throttling", _throttle_wrapped, _available),
 )

@@ -19,6 +19,8 @@ the zero rule, behind their own ops and argument checks.
 
 from __future__ import annotations
 
+import os
+import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
+from upbench import _cpu_shim
 from upbench.cases import Case
 from upbench.plugin import Impl
 
@@ -157,7 +160,11 @@ def atn_t_into(A: Tensor, g: Tensor, out: Tensor, offs: Sequence[int], border: i
 
 
 def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int,
-               scale: float = 1.0) -> Tensor:
+               scale: float = 1.0, *, path: str | None = None, tile: tuple[int, ...] | None = None,
+               blocks: int | None = None) -> Tensor:
+    """The fused forward into ``out``. ``path``: ``auto`` (the default, or ``$UPBENCH_WA_FUSED``: the tiled kernel
+    on CUDA when its plan fits, else the warp kernel), ``tiled`` or ``warp`` to force one; ``tile`` (TU, TV) or
+    (TU, TV, NCB) and ``blocks`` (a smaller grid, so blocks loop over tiles) pin the tiled kernel's plan (tests)."""
     op = "window_attn_fused"
     kb.check_tensors(op, {"q": q, "k": k, "v": v, "out": out}, contiguous=True)
     B, H, W, _ = k.shape
@@ -167,13 +174,21 @@ def fused_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, offs: Sequence[int]
     _check_hi(op, "q", q, k, s, G * D)
     _check_hi(op, "out", out, k, s, G * C)
     kb.check_grid_y(op, G)
-    FAMILY.launch("fused", B * H * W, q, k, v, out, _offsets(tuple(offs), q.device), B, H, W, D, C, M, s, G,
-                  border, _scale_bits(scale), grid_y=G)
+    offt = _offsets(tuple(offs), q.device)
+    plan = _tiled_plan(op, path, offs, s, G, B, H, W, q, tile)
+    if plan is None:
+        FAMILY.launch("fused", B * H * W, q, k, v, out, offt, B, H, W, D, C, M, s, G, border, _scale_bits(scale),
+                      grid_y=G)
+    else:
+        FAMILY.launch(_tiled_entry("tiled", q, k, v, out), _tiled_items(plan, blocks, q), q, k, v, out, offt, B, H,
+                      W, D, C, M, s, G, border, _scale_bits(scale), plan.TU, plan.TV, plan.NCB, grid_y=G)
     return out
 
 
-def fused_given_into(L: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int,
-                     G: int) -> Tensor:
+def fused_given_into(L: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], border: int, s: int, G: int, *,
+                     path: str | None = None, tile: tuple[int, ...] | None = None,
+                     blocks: int | None = None) -> Tensor:
+    """The fused forward for given logits into ``out``; ``path``, ``tile``, ``blocks`` as for :func:`fused_into`."""
     op = "window_attn_fused_given"
     kb.check_tensors(op, {"L": L, "v": v, "out": out}, contiguous=True)
     B, H, W, _ = v.shape
@@ -182,9 +197,148 @@ def fused_given_into(L: Tensor, v: Tensor, out: Tensor, offs: Sequence[int], bor
     _check_hi(op, "L", L, v, s, G * M)
     _check_hi(op, "out", out, v, s, G * C)
     kb.check_grid_y(op, G)
-    FAMILY.launch("fused_given", B * H * W, L, v, out, _offsets(tuple(offs), v.device), B, H, W, C, M, s, G,
-                  border, grid_y=G)
+    offt = _offsets(tuple(offs), v.device)
+    plan = _tiled_plan(op, path, offs, s, G, B, H, W, v, tile)
+    if plan is None:
+        FAMILY.launch("fused_given", B * H * W, L, v, out, offt, B, H, W, C, M, s, G, border, grid_y=G)
+    else:
+        FAMILY.launch(_tiled_entry("tiled_given", L, v, out), _tiled_items(plan, blocks, v), L, v, out, offt, B, H,
+                      W, C, M, s, G, border, plan.TU, plan.TV, plan.NCB, grid_y=G)
     return out
+
+
+# -- the tiled fused forward (kernels/window_tiled.cuh): its shared-memory plan and when it runs ------------------
+PATHS = ("auto", "tiled", "warp")
+
+
+@lru_cache(maxsize=1)
+def tiled_constants() -> tuple[int, int, int]:
+    """(pool bytes, slice bytes, children per thread): UPB_TILE_POOL, UPB_TILE_SLICE_BYTES and UPB_TILE_NCH, read
+    from the header (one truth)."""
+    text = (_cpu_shim.kernel_dir() / "window_tiled.cuh").read_text()
+    pool = re.search(r"#define UPB_TILE_POOL \((\d+) \* 1024\)", text)
+    sl = re.search(r"#define UPB_TILE_SLICE_BYTES (\d+)", text)
+    nch = re.search(r"#define UPB_TILE_NCH (\d+)", text)
+    assert pool and sl and nch, "window_tiled.cuh: UPB_TILE_POOL / UPB_TILE_SLICE_BYTES / UPB_TILE_NCH not found"
+    return int(pool.group(1)) * 1024, int(sl.group(1)), int(nch.group(1))
+
+
+def tiled_slice(esize: int) -> tuple[int, int]:
+    """(channels per slice, bytes per staged halo row) for an element size: Slice<T> in window_tiled.cuh."""
+    sl = tiled_constants()[1] // (16 if esize == 8 else 4)
+    return sl, sl * esize + 16
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """A block's tile: TU×TV parents, NCB child slots per pass (groups of NCH children of one parent); the halo
+    box, passes per tile, tiles, pool bytes."""
+
+    TU: int
+    TV: int
+    NCB: int
+    EU: int
+    EV: int
+    passes: int
+    tiles: int
+    smem: int
+
+
+def _align16(n: int) -> int:
+    return (n + 15) & ~15
+
+
+@lru_cache(maxsize=256)
+def tile_plan(offs: tuple[int, ...], s: int, B: int, H: int, W: int, esize: int, min_tiles: int = 1,
+              tile: tuple[int, ...] | None = None) -> TilePlan | None:
+    """The tiled kernel's plan, or None when no tile fits the shared pool (a window whose extent's halo box is
+    larger than the pool: the warp kernel runs). Among tiles up to 16×16 that fit, it minimises the halo rows
+    staged per parent (box rows × passes / parents), preferring plans with at least ``min_tiles`` tiles (enough
+    blocks to fill the GPU); ``tile`` pins (TU, TV) or (TU, TV, NCB)."""
+    pool, _, nch = tiled_constants()
+    _, row = tiled_slice(esize)
+    acc = 8 if esize == 8 else 4
+    M = len(offs) // 2
+    eu = max(offs[0::2]) - min(offs[0::2])
+    ev = max(offs[1::2]) - min(offs[1::2])
+    gpp = -(-s * s // nch)  # child groups per parent
+    cands = [tile[:2]] if tile else [(tu, tv) for tu in range(1, min(H, 16) + 1) for tv in range(1, min(W, 16) + 1)]
+    best, best_key = None, None
+    for tu, tv in cands:
+        P, EU, EV = tu * tv, tu + eu, tv + ev
+        fixed = _align16(P * M * 4) + EU * EV * row
+        ng = min(P * gpp, (pool - fixed - 15) // (M * acc * nch)) if pool - fixed > 15 else 0
+        if tile and len(tile) == 3:
+            ng = min(ng, max(1, tile[2] // nch))
+        if ng < 1:
+            continue
+        passes = -(-P * gpp // ng)
+        tiles = B * -(-H // tu) * -(-W // tv)
+        key = (tiles < min_tiles, -tiles if tiles < min_tiles else 0, EU * EV * passes / P, -P)
+        if best_key is None or key < best_key:
+            smem = _align16(P * M * 4) + _align16(ng * nch * M * acc) + EU * EV * row
+            best, best_key = TilePlan(tu, tv, ng * nch, EU, EV, passes, tiles, smem), key
+    return best
+
+
+def _path(path: str | None) -> str:
+    path = path or os.environ.get("UPBENCH_WA_FUSED", "auto")
+    if path not in PATHS:
+        raise ValueError(f"upbench::window_attn: path={path!r}; use one of {PATHS}")
+    return path
+
+
+def tiled_unavailable(device_type: str) -> str | None:
+    """None when the build that runs ``device_type`` here has the tiled kernel, else why not."""
+    if dict(kb.defines_for(device_type))["UPB_LANES"] == 32:
+        return None
+    return ("the tiled kernel is a GPU design built for 32-lane warps; this CPU shim variant "
+            f"({_cpu_shim.current_variant()}) runs one-lane warps (use simt, weak, race or asan-simt)")
+
+
+def fused_path(t: Tensor, offs: Sequence[int], s: int, G: int, B: int, H: int, W: int, path: str | None = None,
+               tile: tuple[int, ...] | None = None) -> tuple[TilePlan | None, str]:
+    """Which fused kernel a call on ``t``'s device runs: (the tiled kernel's plan, or None for the warp kernel;
+    why, in words)."""
+    path = _path(path)
+    if path == "warp":
+        return None, "warp kernel: forced (path='warp')"
+    if path == "auto" and t.device.type != "cuda":
+        return None, "warp kernel: the CPU's path (the tiled kernel is a GPU design)"
+    why = tiled_unavailable(t.device.type)
+    if why is None and tile is not None and not (isinstance(tile, tuple) and len(tile) in (2, 3)
+                                                 and all(isinstance(x, int) and x >= 1 for x in tile)):
+        why = f"tile={tile!r}; must be (TU, TV) or (TU, TV, NCB), positive integers"
+    min_tiles = 1
+    if t.device.type == "cuda":  # four blocks per SM (the pool allows four on H100), spread over the G groups
+        min_tiles = -(-4 * torch.cuda.get_device_properties(t.device).multi_processor_count // G)
+    plan = None if why else tile_plan(tuple(offs), s, B, H, W, t.element_size(), min_tiles, tile)
+    if plan is None and why is None:
+        why = f"no tile's halo box fits the {tiled_constants()[0]} B shared pool"
+    if plan is not None:
+        return plan, f"tiled kernel: {plan.TU}×{plan.TV} parents, {plan.passes} pass(es), {plan.tiles} tiles"
+    return None, f"warp kernel: {why}"
+
+
+def _tiled_plan(op: str, path: str | None, offs: Sequence[int], s: int, G: int, B: int, H: int, W: int,
+                t: Tensor, tile: tuple[int, ...] | None) -> TilePlan | None:
+    """The plan when the tiled kernel runs this call, None for the warp kernel; forcing an impossible tiled
+    call raises."""
+    plan, why = fused_path(t, offs, s, G, B, H, W, path, tile)
+    if plan is None and _path(path) == "tiled":
+        raise ValueError(f"upbench::{op}: path='tiled': {why.removeprefix('warp kernel: ')}")
+    return plan
+
+
+def _tiled_entry(kernel: str, *ts: Tensor) -> str:
+    """The 32-bit index entry when every tensor has fewer than 2^31 elements."""
+    return f"{kernel}_i32" if all(t.numel() < 2**31 for t in ts) else kernel
+
+
+def _tiled_items(plan: TilePlan, blocks: int | None, t: Tensor) -> int:
+    """Warp items for Family.launch: one block (UPB_WARPS warps) per tile, or ``blocks`` blocks looping over them."""
+    n = plan.tiles if blocks is None else max(1, min(int(blocks), plan.tiles))
+    return n * dict(kb.defines_for(t.device.type))["UPB_WARPS"]
 
 
 # -- custom ops ----------------------------------------------------------------------------------------------

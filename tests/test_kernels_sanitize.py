@@ -1,8 +1,8 @@
 """The kernels under AddressSanitizer + UBSan, through the CPU shim, in a subprocess with libasan preloaded.
 
 Two builds: ``asan`` (one-lane warps, the vector code) and ``asan-simt`` (32-lane warps, the CUDA lane
-logic). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16); the window_attn kernels through
-SAPA's, CARAFE's (plain and fused) and their own bindings.
+logic, and the tiled fused forward). Tiny shapes, border-heavy, every dtype path that differs (fp32, bf16);
+the window_attn kernels through SAPA's, CARAFE's (plain and fused) and their own bindings.
 The driver ends with a deliberate overflow (an output one channel short) to prove the sanitizer is live.
 """
 
@@ -53,6 +53,12 @@ DRIVER = textwrap.dedent("""
                     wk.attention_given(L, v, win, s, G).sum().backward()
                     wk.attention(q, k, v, win, s, G, 0.5, fused=True)
                     wk.attention_given(L, v, win, s, G, fused=True)
+                    if variant == "asan-simt":  # the tiled kernel (32-lane builds only): its plan, then pinned
+                        qd, kd, vd, Ld = (t.detach() for t in (q, k, v, L))
+                        for pin in (dict(), dict(tile=(1, 2, 4), blocks=1)):
+                            o = torch.empty(B, H * s, W * s, G * C, dtype=dt)
+                            wk.fused_into(qd, kd, vd, o, win.flat, win.code, s, G, 0.5, path="tiled", **pin)
+                            wk.fused_given_into(Ld, vd, o, win.flat, win.code, s, G, path="tiled", **pin)
             # Bad arguments through the *_into entries: one ValueError each, nothing reaches a kernel. (The
             # custom ops raise from inside torch's dispatcher, a C++ throw that ASan's preloaded runtime cannot
             # intercept in this process; their guards are the same checks, run in test_kernels_guards.py.)
@@ -105,7 +111,7 @@ def _skip_reason() -> str | None:
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 def test_kernels_run_clean_under_asan_and_ubsan():
     for variant in ("asan", "asan-simt"):  # build here, so a compile error shows as itself
-        _cpu_shim.build("window_attn", variant, CPU_DEFINES[variant])
+        _cpu_shim.build("window_attn", variant, CPU_DEFINES[variant])  # (outside the subprocess's timeout)
     env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     # 900 s: at a load average of 70–170 on 2 cores the driver took 565 s

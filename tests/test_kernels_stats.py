@@ -37,3 +37,29 @@ def test_compiles_without_spills(source, arch):
     bad = [s for s in stats if s["spill_stores"] or s["spill_loads"] or s["stack_bytes"]]
     assert not bad, f"{source} on {arch}: local-memory use in hot kernels: {bad}"
     assert all(s["registers"] <= 128 for s in stats), stats  # ≥ 4 blocks of 128 threads per SM
+
+
+def test_traffic_model_at_the_benchmark_cases():
+    """Minimum bytes exactly; the tiled kernel's modelled L1 requests well below the warp kernel's, DRAM at the
+    minimum (k and v reuse fits L2), a plan for both cases; the warp kernel's formula at SAPA's case by hand."""
+    sapa, naf = kernel_stats.BENCH_TRAFFIC
+    assert kernel_stats.minimum_bytes(sapa) == 4 * (2 * 128 * 128 * 256 * 2 + 2 * 64 * 64 * 256 * 2)  # 83.9 MB
+    assert kernel_stats.minimum_bytes(naf) == 4 * (448 * 448 * (256 + 384) + 28 * 28 * (256 + 384))
+    warp = kernel_stats.warp_traffic(sapa)
+    assert warp["l1"] == 4 * 2 * 64 * 64 * (4 * 256 + 2 * 25 * 512 + 4 * 256)  # q, 2 child pairs × 25 k+v rows, out
+    for c in (sapa, naf):
+        w, t = kernel_stats.warp_traffic(c), kernel_stats.tiled_traffic(c)
+        assert t["plan"] is not None and t["fits_l2"] and t["dram"] == t["minimum"]
+        assert t["l1"] < 5 * t["minimum"] < w["l1"], (c.name, t, w)
+    rows = kernel_stats.traffic_table()
+    assert len(rows) == 5 and all("MB" in rows[0] for _ in rows)
+
+
+@pytest.mark.skipif(kernel_stats.nvcc() is None, reason="nvcc not found (set UPBENCH_NVCC or CUDA_HOME)")
+def test_tiled_entries_fit_registers_and_the_static_shared_limit():
+    stats = kernel_stats.tiled_resources()
+    names = {s["kernel"] for s in stats}
+    assert len(names) == 16 and len(stats) == 32, names  # {tiled, tiled_i32, given, given_i32} × 4 dtypes × 2 archs
+    bad = [s for s in stats if s["spill_stores"] or s["spill_loads"] or s["stack_bytes"] or s["registers"] > 128]
+    assert not bad, bad
+    assert all(s["smem_bytes"] <= 48 * 1024 for s in stats)

@@ -112,6 +112,22 @@ DRIVER = textwrap.dedent("""
                       wk.atn_reference(d[5], d[2], win, s, G))
                 close(f"window_attn atn_t {shape}", wk.atn_t_into(f[5], f[3], nan(*v.shape), *w),
                       wk.atn_t_reference(d[5], d[3], win, s, G))
+            # The tiled fused forward (window_tiled.cuh), pinned so that each barrier matters: several D and C
+            # slices (40 > 32 channels), several passes of children (NCB = 3), several threads per child, one block
+            # per group looping over 4 tiles; computed and given logits.
+            for win, tile in [(wk.Window.square(3, 1), (1, 2, 3)), (wk.Window.square(3, 1, "clamp"), (2, 1, 5))][:n]:
+                B, H, W, D, C, s, G = 1, 2, 3, 40, 40, 2, 2
+                M, w = len(win.offsets), (win.flat, win.code, s, G)
+                q, k, v = rnd(B, H * s, W * s, G * D), rnd(B, H, W, G * D), rnd(B, H, W, G * C)
+                f = [t.float() for t in (q, k, v, rnd(B, H * s, W * s, G * M))]
+                d = [t.double() for t in f]
+                pin = dict(path="tiled", tile=tile, blocks=1)
+                shape = (win.border, B, H, W, D, C, s, G, tile)
+                close(f"window_attn tiled {shape}", wk.fused_into(*f[:3], nan(B, H * s, W * s, G * C), *w, 0.5, **pin),
+                      wk.reference(d[0], d[1], d[2], win, s, G, 0.5))
+                close(f"window_attn tiled_given {shape}",
+                      wk.fused_given_into(f[3], f[2], nan(B, H * s, W * s, G * C), *w, **pin),
+                      wk.reference(None, None, d[2], win, s, G, L=d[3]))
     print("ok", flush=True)
 """)
 FAMILIES = ("window_attn",)  # the one kernel family; SAPA's and CARAFE's bindings run on it
