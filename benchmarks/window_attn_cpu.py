@@ -14,7 +14,7 @@ Times are medians of ``--reps`` calls, in two forms: ``into`` (preallocated outp
 glibc kept in its ``warm`` mode so the gradients' pages are reused, see upbench/alloc.py) and ``plain`` (a
 plain call: fresh outputs, first-touch page faults included). Usage:
 
-    python benchmarks/window_attn_cpu.py [--reps 7] [--threads N] [--kdir DIR]
+    python benchmarks/window_attn_cpu.py [--reps 7] [--threads N] [--parts] [--cpu-time] [--kdir DIR] [--ab DIR]
 
 ``--kdir`` runs the kernel sources of another directory (a copy of kernels/ at another commit) and
 ``--ab DIR`` interleaves this tree's kernels (A) with DIR's (B) call by call, for version comparisons on a
@@ -43,10 +43,13 @@ WIN = wk.Window.square(K)
 SCALE = C**-0.5
 
 
+CLOCK = time.perf_counter  # --cpu-time: time.process_time (with one thread: CPU time, less load-sensitive)
+
+
 def _t(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 def mm_gflops(n: int = 2048, reps: int = 7) -> float:
@@ -129,13 +132,19 @@ def main() -> None:
     ap.add_argument("--kdir", type=Path, default=None, help="kernel sources to run instead of the package's")
     ap.add_argument("--ab", type=Path, default=None, help="interleave with the kernels in this directory")
     ap.add_argument("--parts", action="store_true", help="also time each kernel of the SAPA chain")
+    ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by process CPU time (kernel and "
+                    "matmul alike): a per-core comparison that a busy machine disturbs less than wall time")
     args = ap.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        args.threads, CLOCK = 1, time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()
     ceil = ceilings("cpu", "float32")
     mine = mm_gflops()
-    print(f"threads {torch.get_num_threads()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    clock = "process CPU time" if args.cpu_time else "wall time"
+    print(f"threads {torch.get_num_threads()}, {clock}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"ceilings: upbench.ceilings matmul {ceil['matmul_GFLOPs']:.1f} GFLOP/s, copy {ceil['copy_GBps']:.1f} GB/s "
           f"(probed {ceil.get('probed_at', '?')}); measured torch.mm n=2048: {mine:.1f} GFLOP/s")
     cases = {"CARAFE fused_given fwd (B=2)": carafe_case(), "SAPA core fwd+bwd (B=2)": sapa_case()}
