@@ -206,24 +206,30 @@ template <typename A> __device__ __forceinline__ A warp_max(A v) { return v; }
 #endif
 
 #if UPB_CPU_VEC
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
-// Keep a 64-byte vector in one register (an empty asm the compiler cannot see through).
+// One native vector register: 64 bytes with AVX-512, else 32 (AVX2). A 64-byte GCC vector on an AVX2 CPU is
+// split into two halves, which doubles the register demand of the accumulator blocks and made the kernels
+// spill in every inner loop (10× slower on a Zen 3); the binding picks the blocking per ISA (kernel_binding).
 #ifdef __AVX512F__
+#define UPB_VBYTES 64
+#else
+#define UPB_VBYTES 32
+#endif
+// Keep a vector in one register (an empty asm the compiler cannot see through).
+#if defined(__AVX512F__) || defined(__AVX2__)
 #define UPB_PIN(x) __asm__("" : "+v"(x))
 #else
 #define UPB_PIN(x) ((void)0)
 #endif
-typedef float vf __attribute__((vector_size(64)));
-typedef double vd __attribute__((vector_size(64)));
-typedef float vf8 __attribute__((vector_size(32)));
-typedef float vf4 __attribute__((vector_size(16)));
-typedef unsigned vu __attribute__((vector_size(64)));
-typedef unsigned short vh __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(UPB_VBYTES)));
+typedef double vd __attribute__((vector_size(UPB_VBYTES)));
+typedef unsigned vu __attribute__((vector_size(UPB_VBYTES)));
+typedef unsigned short vh __attribute__((vector_size(UPB_VBYTES / 2)));
 template <typename A> struct Vec;
-template <> struct Vec<float> { typedef vf type; enum { N = 16 }; };
-template <> struct Vec<double> { typedef vd type; enum { N = 8 }; };
+template <> struct Vec<float> { typedef vf type; enum { N = UPB_VBYTES / 4 }; };
+template <> struct Vec<double> { typedef vd type; enum { N = UPB_VBYTES / 8 }; };
 
 inline vf vld(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
 inline vd vld(const double* p) { vd v; __builtin_memcpy(&v, p, sizeof v); return v; }
@@ -232,9 +238,11 @@ inline vf vld(const bf16* p) {
   __builtin_memcpy(&h, p, sizeof h);
   return (vf)(__builtin_convertvector(h, vu) << 16);
 }
-inline vf vld(const f16* p) {  // h2f on 16 lanes
-#ifdef __AVX512F__
+inline vf vld(const f16* p) {  // h2f on every lane
+#if defined(__AVX512F__)
   return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));  // F16C: exact, as the scalar h2f
+#elif defined(__F16C__) && defined(__AVX2__)
+  return (vf)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
 #endif
   vh h;
   __builtin_memcpy(&h, p, sizeof h);
@@ -244,10 +252,12 @@ inline vf vld(const f16* p) {  // h2f on 16 lanes
   return (vf)((em < 0x400u ? sub : normal) | sign);
 }
 inline void vst(float* p, vf v) {
-#if defined(__AVX512F__)
-  // Outputs are written once and never read back by the kernel: stream full aligned lines past the cache
+  // Outputs are written once and never read back by the kernel: stream full aligned vectors past the cache
   // (no read-for-ownership), which the output-bound kernels need to reach the FMA roofline.
+#if defined(__AVX512F__)
   if (((unsigned long)p & 63) == 0) return _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX2__)
+  if (((unsigned long)p & 31) == 0) return _mm256_stream_ps(p, (__m256)v);
 #endif
   __builtin_memcpy(p, &v, sizeof v);
 }
@@ -259,14 +269,17 @@ inline void vst(bf16* p, vf v) {
   __builtin_memcpy(p, &h, sizeof h);
 }
 inline void vst(f16* p, vf v) {
-#ifdef __AVX512F__
   // round to nearest even in hardware; the same results as the scalar f2h except NaN payloads
+#if defined(__AVX512F__)
   return _mm256_storeu_si256((__m256i*)p, _mm512_cvtps_ph((__m512)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__) && defined(__AVX2__)
+  return _mm_storeu_si128((__m128i*)p, _mm256_cvtps_ph((__m256)v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #endif
-  for (int i = 0; i < 16; ++i) p[i].x = f2h(v[i]);
+  for (int i = 0; i < (int)Vec<float>::N; ++i) p[i].x = f2h(v[i]);
 }
 // Horizontal sums of four vectors at once: lane i of the result is the sum of vector i.
 inline void hsum4(vf a, vf b, vf c, vf d, float* out) {
+#if UPB_VBYTES == 64
   const vf ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
                 __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
   const vf cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
@@ -276,11 +289,25 @@ inline void hsum4(vf a, vf b, vf c, vf d, float* out) {
   const vf y = x + __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
   const vf z = y + __builtin_shufflevector(y, y, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
   out[0] = z[0], out[1] = z[4], out[2] = z[8], out[3] = z[12];
+#else
+  const vf ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11) +
+                __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
+  const vf cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 8, 9, 10, 11) +
+                __builtin_shufflevector(c, d, 4, 5, 6, 7, 12, 13, 14, 15);
+  const vf x = __builtin_shufflevector(ab, cd, 0, 1, 4, 5, 8, 9, 12, 13) +
+               __builtin_shufflevector(ab, cd, 2, 3, 6, 7, 10, 11, 14, 15);
+  const vf y = x + __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6);
+  out[0] = y[0], out[1] = y[2], out[2] = y[4], out[3] = y[6];
+#endif
 }
 inline void hsum4(vd a, vd b, vd c, vd d, double* out) {
   const vd v[4] = {a, b, c, d};
   for (int i = 0; i < 4; ++i)
+#if UPB_VBYTES == 64
     out[i] = ((v[i][0] + v[i][4]) + (v[i][1] + v[i][5])) + ((v[i][2] + v[i][6]) + (v[i][3] + v[i][7]));
+#else
+    out[i] = (v[i][0] + v[i][2]) + (v[i][1] + v[i][3]);
+#endif
 }
 
 template <typename T, typename A, int NC, int VPT = UPB_VPT> struct Regs {

@@ -240,6 +240,49 @@ __device__ __forceinline__ void atn_t_kernel(const T* __restrict__ Aw, const T* 
       constexpr bool TAIL = decltype(tail)::value;
       Regs<T, A, 1, UPB_VPT_T> acc;
       acc.zero();
+#if UPB_LANES == 1
+      // CPU fast build, zero rule: one parent per slot, its s² children at fixed strides. The general range
+      // walk below cost several times the 4·s² FMAs of a slot in scalar bookkeeping there.
+      if (wn.mode == 0) {
+        // Prefetch the rows only this walk's later items need: the parents in the leading column (v + va)
+        // of the item UPB_PF_DIST ahead; without it each item waited on ~20 rows missing in L2.
+        const i64 pf = v + UPB_PF_DIST + wn.va;
+        if (v + UPB_PF_DIST < W && pf >= 0 && pf < W)
+          for (int m = 0; m < wn.M; ++m) {
+            const i64 pu = u - wn.off[2 * m];
+            if (wn.off[2 * m + 1] != -wn.va || pu < 0 || pu >= H) continue;
+            const i64 px = (b * g.OH + pu * g.s) * g.OW + pf * g.s;
+            for (int ci = 0; ci < g.s; ++ci)
+              for (int cj = 0; cj < g.s; ++cj) {
+                const i64 c = px + ci * g.OW + cj;
+                const char* rp = (const char*)(gr + c * ld + c0);
+                for (i64 o = 0; o < CH * (i64)sizeof(T); o += 64) UPB_PREFETCH(rp + o);
+                UPB_PREFETCH(Aw + c * ldA + m);
+              }
+          }
+        // Every high-res row (stride OW·ld, a power of two here) of an item maps to one cache set, and an item
+        // gathers 2·s·K of them: more than L2's 8 ways, so walking them in the same order for every item missed
+        // on every row under LRU. Odd items walk backwards (a snake), so the rows they reuse are the most recent.
+        const bool rev = v & 1;
+        for (int mi = 0; mi < wn.M; ++mi) {
+          const int m = rev ? wn.M - 1 - mi : mi;
+          const i64 pu = u - wn.off[2 * m], pv = v - wn.off[2 * m + 1];
+          if (pu < 0 || pu >= H || pv < 0 || pv >= W) continue;
+          const i64 px = (b * g.OH + pu * g.s) * g.OW + pv * g.s;
+          for (int cii = 0; cii < g.s; ++cii) {
+            const int ci = rev ? g.s - 1 - cii : cii;
+            const T* ap = Aw + (px + ci * g.OW) * ldA + m;
+            const T* rp = gr + (px + ci * g.OW) * ld;
+            for (int cj = 0; cj < g.s; ++cj) {
+              const A wt = upb::ld(ap + cj * ldA);
+              acc.template axpy<TAIL>(&wt, rp + cj * ld, c0, C, lane);
+            }
+          }
+        }
+        acc.template store<TAIL>(0, out + it.index() * ld, c0, C, lane);
+        return;
+      }
+#endif
       for (int m = 0; m < wn.M; ++m) {
         i64 u0, u1, v0, v1;
         wn.parents(u, wn.off[2 * m], H, wn.ua, wn.ub, u0, u1);
@@ -290,7 +333,6 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
       const T* qr[NC];
       A* sr[NC];
       T* orow[NC];
-      A inv[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ldq, sr[n] = sc + n * UPB_MAX_KK, orow[n] = out + px[n] * ldv;
       if (GIVEN) {
@@ -315,10 +357,12 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
           e[m] = x;
           sum += x;
         }
-        inv[n] = A(1) / warp_sum(sum);
+        const A inv = A(1) / warp_sum(sum);
+        // normalised once here (each lane its own slots), not once per channel chunk in the aggregation
+        for (int m = lane; m < wn.M; m += UPB_LANES) e[m] *= inv;
       }
       UPB_SYNCWARP();
-      aggregate<NC>([&](int n, int m) { return sr[n][m] * inv[n]; }, v, orow, wn, rows, C, ldv, lane);
+      aggregate<NC>([&](int n, int m) { return sr[n][m]; }, v, orow, wn, rows, C, ldv, lane);
       UPB_SYNCWARP();  // every lane has read sc before the next group overwrites it
     });
   }

@@ -37,12 +37,18 @@ def _defs(**kw: int) -> Defines:
 # chunk (also for atn_t's chunks), children in pairs.
 GPU_DEFINES: Defines = _defs(LANES=32, WARPS=4, VPT=8, VPT_T=8, NC=2)
 # The CPU shim's builds. fast: measured fastest on the 2-core AVX-512 development machine (NC=4 × VPT=64: 16 zmm
-# accumulators; atn_t with 256-channel chunks reads its high-res rows in fewer passes). simt/asan-simt: 2 warps
-# and 2 channels per lane so tiny shapes still have chunk tails. weak: exactly the GPU's lane model.
+# accumulators; atn_t with 256-channel chunks reads its high-res rows in fewer passes); on a CPU without AVX-512
+# (16 ymm registers of 8 floats) NC=2 × VPT=32 (8 ymm accumulators; the dot products hold NC × 4) and 64-channel
+# atn_t chunks measured fastest (Zen 3) — the
+# AVX-512 blocking spilled there in every inner loop. count is built for AVX2 (valgrind), so it takes the AVX2
+# blocking. simt/asan-simt: 2 warps and 2 channels per lane so tiny shapes still have chunk tails. weak: exactly
+# the GPU's lane model.
+_FAST_AVX512 = _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4)
+_FAST_AVX2 = _defs(LANES=1, WARPS=1, VPT=32, VPT_T=64, NC=2)
 CPU_DEFINES: dict[str, Defines] = {
-    "fast": _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4),
+    "fast": _FAST_AVX512 if "avx512f" in _cpu_shim.cpu_flags() else _FAST_AVX2,
+    "count": _FAST_AVX2,
     "simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),
-    "count": _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4),  # fast's lane model, built for valgrind (AVX2)
     "weak": GPU_DEFINES,
     "asan": _defs(LANES=1, WARPS=1, VPT=32, VPT_T=32, NC=2),
     "asan-simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),

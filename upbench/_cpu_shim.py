@@ -120,6 +120,12 @@ def _cpu_id() -> str:
     return platform.processor() + platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The host CPU's feature flags (e.g. ``avx512f``) as /proc/cpuinfo lists them; empty where unknown."""
+    line = _cpu_id()
+    return set(line.split(":", 1)[1].split()) if line.startswith("flags") else set()
+
+
 def _sources(family: str, kdir: Path) -> list[Path]:
     return [kdir / f"{family}.cu", *sorted(p for p in kdir.iterdir() if p.suffix in (".h", ".cuh"))]
 
