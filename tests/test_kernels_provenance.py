@@ -37,7 +37,7 @@ SAPA_OPS = ("sapa", "sapa-b", "sapa-g", "sapa-i")
 SAPA_IMPLS = ("cupy", "cupy-fused", "cpu-kernel", "cpu-kernel-fused")
 REASSEMBLY_OPS = ("a2u", "carafe", "fade")  # the operators whose kernel impls run kernels/carafe.cu
 REASSEMBLY_IMPLS = ("cupy", "cpu-kernel")
-WINDOW_OPS = ("naf", "uplift")  # the operators whose kernel impls run kernels/window_attn.cu
+WINDOW_OPS = ("anyup", "naf", "uplift")  # the operators whose kernel impls run kernels/window_attn.cu
 SAPA = {f"{o}/{i}" for o in SAPA_OPS for i in SAPA_IMPLS}
 CARAFE = {f"{o}/{i}" for o in REASSEMBLY_OPS for i in REASSEMBLY_IMPLS}
 WINDOW = {f"{o}/{i}" for o in WINDOW_OPS for i in SAPA_IMPLS}
@@ -65,7 +65,7 @@ def test_kernel_sources_are_the_include_closure_and_bindings():
     assert {"sapa.cu", "window.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py", "sapa_kernels.py",
             "_cpu_shim.py"} == names
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cpu")}
-    assert {"window_attn.cu", "window.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py",
+    assert {"window_attn.cu", "window.cuh", "window_band.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py",
             "window_attn_kernels.py", "_cpu_shim.py"} == names
     names = {Path(p).name for p in kb.kernel_sources("carafe", "cuda")}
     assert {"carafe.cu", "window.cuh", "upb_common.cuh", "kernel_binding.py", "carafe_kernels.py", "_cuda.py"} == names
@@ -75,6 +75,7 @@ def test_kernel_sources_are_the_include_closure_and_bindings():
     ("kernels/sapa.cu", SAPA),
     ("kernels/carafe.cu", CARAFE),
     ("kernels/window_attn.cu", WINDOW),
+    ("kernels/window_band.cuh", WINDOW),
     ("kernels/window.cuh", SAPA | CARAFE | WINDOW),
     ("kernels/cpu_shim.h", {k for k in SAPA | CARAFE | WINDOW if "cpu-kernel" in k}),
 ], ids=lambda v: v if isinstance(v, str) else "")
