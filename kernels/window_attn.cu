@@ -20,6 +20,7 @@
 // Backward (the binding): d sim = (atn(scale·dS, k), atn_t(scale·dS, q)); d atn = (sim(dout, v), atn_t(A, dout)).
 // Every border rule makes a slot's position a monotone function of the parent, so the parents that see a
 // low-res pixel through slot m form one range per axis (Win::parents): atn_t loops over it in a fixed order.
+// Band windows (a per-output-row/column range with masked keys: AnyUp) are in window_band.cuh, included last.
 #include "window.cuh"
 
 namespace upb {
@@ -428,3 +429,5 @@ UPB_WA_TILED_ENTRIES(f32, float)
 UPB_WA_TILED_ENTRIES(f16, upb::f16)
 UPB_WA_TILED_ENTRIES(bf16, upb::bf16)
 #endif
+
+#include "window_band.cuh"

@@ -14,7 +14,11 @@ Module (official defaults: qk_dim 128, 4 heads, window_ratio 0.1, unification ke
   same for columns, r = window_ratio; output = weights · raw x (a convex combination).
 Impls: ``official`` runs nn.MultiheadAttention over every key with a boolean mask (the full (L, h·w) weights
 are materialised); ``lean`` cuts the keys to the row band of each chunk of output rows (a view, no gather)
-and masks only within it.
+and masks only within it. The kernel impls (``cupy``, ``cpu-kernel`` and their ``-fused`` forms) run the
+attention on the window_attn family's band windows (docs/kernels.md): each output row and column brings its own
+low-res range from ``windows`` (not a parent + offset window), keys outside it are masked (excluded from the
+softmax, as the official boolean mask does; no zero-logit slots); the heads are groups of the logits and their
+softmax weights are averaged before one aggregation of the raw x.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import Tensor, nn
 from upbench.cases import Case
 from upbench.plugin import HyperParam, Impl
 
+from . import window_attn_kernels as wk
 from .jafar import mha_qk, reference_head_mean, split_heads, tokens_to_map
 from .vfm_common import (
     PATCH,
@@ -132,6 +137,44 @@ def _lean(case: Case, m: AnyUpModule):
     return run
 
 
+def band(case: Case, ratio: float) -> wk.Band:
+    """AnyUp's window as a window_attn band: each output row's and column's low-res range (all of the map
+    when ratio ≤ 0, where the official code uses no mask)."""
+    (oh, ow), h, w = case.out_hw, case.H, case.w
+    if ratio > 0:
+        (r0, r1), (c0, c1) = windows(oh, h, ratio), windows(ow, w, ratio)
+    else:
+        r0, r1, c0, c1 = torch.zeros(oh), torch.full((oh,), h), torch.zeros(ow), torch.full((ow,), w)
+    return wk.Band.from_ranges(r0, r1, c0, c1, h, w, case.s)
+
+
+def _kernel_run(case: Case, m: AnyUpModule, fused: bool):
+    """The attention on the window_attn band kernels: projected q (B, oh, ow, qk) and k (B, h, w, qk) are
+    channels-last as they come (tokens are row-major), the heads are the G groups, scale 1/√(qk/heads)."""
+    bd = band(case, m.ratio)
+    wk.FAMILY.prepare("cuda" if case.device.startswith("cuda") else "cpu", wk.BAND_KERNELS, case.torch_dtype)
+
+    def run(x: Tensor, image: Tensor) -> Tensor:
+        q, k = m.queries_keys(x, image, case.out_hw)
+        wq, bq, wkey, bk = mha_qk(m.attention)
+        B, (oh, ow) = x.shape[0], case.out_hw
+        qp, kp = F.linear(q, wq, bq).view(B, oh, ow, -1), F.linear(k, wkey, bk).view(B, case.H, case.w, -1)
+        scale = (qp.shape[-1] // m.heads) ** -0.5
+        return wk.nchw(wk.band_attention_mean(qp, kp, wk.channels_last(x), bd, m.heads, scale, fused=fused))
+    return run
+
+
+def _kernel_supports(case: Case) -> str | None:
+    try:
+        bd = band(case, float(ANYUP.hp(case)["window_ratio"]))
+    except ValueError as e:
+        return str(e)
+    if bd.M > wk.MAX_SLOTS:
+        return (f"the window_attn kernels hold at most {wk.MAX_SLOTS} slots; the band's union grid is "
+                f"{bd.Ku}×{bd.Kv} (lower window_ratio or the low-res size)")
+    return None
+
+
 class AnyUp(VfmOperator):
     name = "anyup"
     description = ("AnyUp: JAFAR-style encoders with a channel-count-independent feature unification; "
@@ -146,6 +189,8 @@ class AnyUp(VfmOperator):
              "boolean window mask, per-head and averaged weights (B, L, h·w) materialised"),
         Impl("lean", _lean, "keys cut to each chunk's row band (a view), mask within it, softmax chunked "
              "over output rows; checkpointed chunks in backward"),
+        *wk.kernel_impls(_kernel_run, "band window per output row and column (keys outside masked), per-head "
+                         "softmax averaged over heads, one aggregation of the raw x", _kernel_supports),
     )
     model_impls = ("lean", "official")
 

@@ -208,6 +208,64 @@ def check_window_attn(device: str, dtype: torch.dtype) -> list[Result]:
     return out
 
 
+# window_attn band windows: (B, H, W, D, C, s, G, window_ratio) — AnyUp's window clipped by every border with two
+# heads, ratio 16 on a 1×1 map with a channel tail, four heads on a non-square map
+_BAND_CASES = [(1, 3, 5, 3, 7, 2, 2, 0.3), (1, 1, 1, 4, 70, 16, 1, 0.1), (2, 6, 4, 8, 33, 3, 4, 0.2)]
+
+
+def _band_case(case, dtype, device, seed=7):
+    from .anyup import windows
+    from .window_attn_kernels import Band
+
+    B, H, W, D, C, s, G, ratio = case
+    (r0, r1), (c0, c1) = windows(H * s, H, ratio), windows(W * s, W, ratio)
+    bd = Band.from_ranges(r0, r1, c0, c1, H, W, s)
+    rok = (torch.arange(H) >= r0[:, None]) & (torch.arange(H) < r1[:, None])
+    cok = (torch.arange(W) >= c0[:, None]) & (torch.arange(W) < c1[:, None])
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(B, H * s, W * s, G * D), (B, H, W, G * D), (B, H, W, C), (B, H, W, G * C), (B, H * s, W * s, G * C),
+              (B, H * s, W * s, G * bd.M)]
+    ts = [torch.randn(*sh, generator=g, dtype=torch.float64).to(dtype) for sh in shapes]
+    return bd, rok, cok, [t.to(device) for t in ts], [t.double() for t in ts]
+
+
+def check_window_band(device: str, dtype: torch.dtype) -> list[Result]:
+    """Every band kernel against its float64 reference (NaN-poisoned outputs), then the unfused head-mean chain's
+    forward and backward against autograd through the masked reference."""
+    from . import window_attn_kernels as wk
+
+    out = []
+    for case in _BAND_CASES:
+        B, H, W, D, C, s, G, ratio = case
+        bd, rok, cok, (q, k, v, vg, g, A), (q64, k64, v64, vg64, g64, A64) = _band_case(case, dtype, device)
+        w = (bd.table_on(q.device), bd.Ku, bd.Kv, s, G)
+        name = f"{bd.Ku}×{bd.Kv} {case[:7]} {dtype}"
+
+        def nan(t):
+            return torch.full_like(t, float("nan"))
+
+        errs = {
+            "band_sim": _rel_err(wk.band_sim_into(q, k, nan(A), *w, 0.5), wk.band_sim_reference(q64, k64, bd, G, 0.5)),
+            "band_atn": _rel_err(wk.band_atn_into(A, vg, nan(g), *w), wk.band_atn_reference(A64, vg64, bd, G)),
+            "band_atn_t": _rel_err(wk.band_atn_t_into(A, g, nan(vg), *w), wk.band_atn_t_reference(A64, g64, bd, G)),
+            "band_fused_mean": _rel_err(wk.band_fused_mean_into(q, k, v, nan(g[..., :C].contiguous()), *w, 0.5),
+                                        wk.band_reference(q64, k64, v64, rok, cok, G, 0.5)),
+        }
+        for op, e in errs.items():
+            out.append(Result(f"window_attn {op} {name}", e <= TOL[dtype], f"rel err {e:.2e} (tol {TOL[dtype]:g})"))
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        leaves64 = [t.clone().requires_grad_() for t in (q64, k64, v64)]
+        y = wk.band_attention_mean(*leaves, bd, G, 0.5)
+        y64 = wk.band_reference(*leaves64, rok, cok, G, 0.5)
+        gy = torch.randn(y64.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        grads = torch.autograd.grad(y, leaves, gy.to(y.dtype).to(y.device))
+        ref = torch.autograd.grad(y64, leaves64, gy)
+        errs2 = [_rel_err(y, y64.detach())] + [_rel_err(a, b) for a, b in zip(grads, ref, strict=True)]
+        out.append(Result(f"window_attn band fwd+bwd {name}", max(errs2) <= GRAD_TOL[dtype],
+                          "rel err out/dq/dk/dv " + " ".join(f"{e:.1e}" for e in errs2)))
+    return out
+
+
 def check_misc(device: str) -> list[Result]:
     from . import sapa_kernels as sk
 
@@ -384,6 +442,13 @@ def _every_window_kernel_once(device: str, dtype: torch.dtype) -> dict[str, torc
         if wk.tiled_unavailable(torch.device(device).type) is None:  # CUDA (racecheck, synccheck see it), SIMT shims
             out[f"window_attn_tiled {tag}"] = wk.fused_into(q, k, v, torch.empty_like(g), *w, 0.5, path="tiled")
             out[f"window_attn_tiled_given {tag}"] = wk.fused_given_into(A, v, torch.empty_like(g), *w, path="tiled")
+    bd, _, _, (q, k, v, vg, g, A), _ = _band_case(_BAND_CASES[2], dtype, device)  # four heads, non-square
+    w = (bd.table_on(q.device), bd.Ku, bd.Kv, _BAND_CASES[2][5], _BAND_CASES[2][6])
+    out["window_attn_band_sim"] = wk.band_sim_into(q, k, torch.empty_like(A), *w, 0.5)
+    out["window_attn_band_atn"] = wk.band_atn_into(A, vg, torch.empty_like(g), *w)
+    out["window_attn_band_atn_t"] = wk.band_atn_t_into(A, g, torch.empty_like(vg), *w)
+    out["window_attn_band_fused_mean"] = wk.band_fused_mean_into(q, k, v, torch.empty(*g.shape[:3], v.shape[3],
+                                                                 dtype=dtype, device=device), *w, 0.5)
     return out
 
 
@@ -688,6 +753,7 @@ def _agreement(ctx: Context) -> list[Result]:
         out += check_autograd(ctx.device, dtype)
         out += check_carafe(ctx.device, dtype)
         out += check_window_attn(ctx.device, dtype)
+        out += check_window_band(ctx.device, dtype)
     return out
 
 

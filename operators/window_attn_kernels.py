@@ -616,3 +616,325 @@ def channels_last(t: Tensor) -> Tensor:
 def nchw(t: Tensor) -> Tensor:
     """(B, H, W, C) → (B, C, H, W) view in channels_last memory format: no copy."""
     return t.permute(0, 3, 1, 2)
+
+
+# -- band windows (kernels/window_band.cuh): a window per output row and column, keys outside it masked -----------
+@dataclass(frozen=True, eq=False)
+class Band:
+    """Output (i, j) sees low-res rows [row_lo[i], row_hi[i]) × columns [col_lo[j], col_hi[j]); every other key
+    is masked (excluded from the softmax), not a zero-logit slot as under the ``zero`` rule (AnyUp's window).
+
+    The s² children of a parent share the union of their bands: a Ku×Kv slot grid at the union's corner, slot
+    m = a·Kv + b; ``table`` is the kernels' int64 layout (window_band.cuh), ``row_bias`` (sH, Ku) and
+    ``col_bias`` (sW, Kv) are 0 on a child's band and −inf off it (the unfused chain adds them to the logits)."""
+
+    H: int
+    W: int
+    s: int
+    Ku: int
+    Kv: int
+    table: Tensor
+    row_bias: Tensor
+    col_bias: Tensor
+
+    @property
+    def M(self) -> int:
+        return self.Ku * self.Kv
+
+    @staticmethod
+    def from_ranges(row_lo: Tensor, row_hi: Tensor, col_lo: Tensor, col_hi: Tensor, H: int, W: int,
+                    s: int) -> Band:
+        """From each output row's and column's [lo, hi) (lengths sH and sW); every range non-empty and on the
+        map, and the union starts of consecutive parents never decreasing (what the gather inversion needs)."""
+        (U0, Ku, RA, UR, rb), (V0, Kv, CA, VR, cb) = _band_axis(row_lo, row_hi, H, s, "row"), \
+            _band_axis(col_lo, col_hi, W, s, "column")
+        grid = torch.tensor([(a, b) for a in range(Ku) for b in range(Kv)], dtype=torch.int64).flatten()
+        table = torch.cat([grid, U0, V0, RA.flatten(), CA.flatten(), UR.flatten(), VR.flatten()])
+        return Band(H, W, s, Ku, Kv, table, rb, cb)
+
+    def table_on(self, device: torch.device) -> Tensor:
+        return self.table if device.type == "cpu" else _band_table(self, device)
+
+    def bias(self, like: Tensor) -> Tensor:
+        """(sH, sW, Ku·Kv) logit mask, 0 on a child's band and −inf off it, in ``like``'s dtype and device."""
+        rb, cb = (t.to(like.device, like.dtype) for t in (self.row_bias, self.col_bias))
+        return (rb[:, None, :, None] + cb[None, :, None, :]).reshape(self.H * self.s, self.W * self.s, self.M)
+
+
+def _band_axis(lo: Tensor, hi: Tensor, n: int, s: int, what: str):
+    lo, hi = lo.to(torch.int64).cpu(), hi.to(torch.int64).cpu()
+    if lo.shape != (n * s,) or hi.shape != (n * s,):
+        raise ValueError(f"band window: {n * s} {what} ranges expected, got {tuple(lo.shape)}, {tuple(hi.shape)}")
+    if not ((lo >= 0) & (lo < hi) & (hi <= n)).all():
+        raise ValueError(f"band window: every {what} range must be non-empty and inside [0, {n})")
+    start, end = lo.view(n, s).amin(1), hi.view(n, s).amax(1)  # each parent's union
+    if (start.diff() < 0).any():
+        raise ValueError(f"band window: the {what} unions' starts decrease; the gather inversion needs them "
+                         "non-decreasing")
+    K = int((end - start).max())
+    rel = torch.stack([lo, hi], 1) - start.repeat_interleave(s)[:, None]  # (n·s, 2), relative to the union
+    t = torch.arange(n)
+    ranges = torch.stack([torch.searchsorted(start, t), torch.searchsorted(start, t, right=True) - 1], 1)
+    a = torch.arange(K)
+    bias = torch.zeros(n * s, K, dtype=torch.float64).masked_fill_((a < rel[:, :1]) | (a >= rel[:, 1:]),
+                                                                   float("-inf"))
+    return start, K, rel, ranges, bias
+
+
+@lru_cache(maxsize=16)
+def _band_table(band: Band, device: torch.device) -> Tensor:
+    return band.table.to(device)
+
+
+def _check_band(op: str, tab: Tensor, lo: Tensor, s: int, G: int, Ku: int, Kv: int) -> int:
+    """Validate the table against the low-res map ``lo`` (B, H, W, ·), s, G, Ku, Kv; returns M."""
+    for name, val in (("s", s), ("G", G), ("Ku", Ku), ("Kv", Kv)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"upbench::{op}: {name}={val!r}; must be a positive integer")
+    if Ku * Kv > MAX_SLOTS:
+        raise ValueError(f"upbench::{op}: a {Ku}×{Kv} band grid exceeds the kernels' {MAX_SLOTS} slots")
+    H, W = lo.shape[1:3]
+    want = 2 * Ku * Kv + 3 * (H + W) + 2 * s * (H + W)
+    if not isinstance(tab, Tensor) or tab.dtype != torch.int64 or tab.shape != (want,) or not tab.is_contiguous():
+        raise ValueError(f"upbench::{op}: the band table must be a contiguous int64 vector of {want} entries for "
+                         f"a {Ku}×{Kv} grid on {H}×{W}, s={s} (Band.table)")
+    if tab.device != lo.device:
+        raise ValueError(f"upbench::{op}: the band table is on {tab.device}, the tensors on {lo.device}")
+    return Ku * Kv
+
+
+def band_sim_into(q: Tensor, k: Tensor, S: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int,
+                  scale: float = 1.0) -> Tensor:
+    op = "window_attn_band_sim"
+    kb.check_tensors(op, {"q": q, "k": k, "S": S}, contiguous=True)
+    B, H, W, _ = k.shape
+    M = _check_band(op, tab, k, s, G, Ku, Kv)
+    D = _split(op, "k", k, G)
+    _check_hi(op, "q", q, k, s, G * D)
+    _check_hi(op, "S", S, k, s, G * M)
+    kb.check_grid_y(op, G)
+    FAMILY.launch("band_sim", B * H * W, q, k, S, tab, B, H, W, D, M, Kv, s, G, _scale_bits(scale), grid_y=G)
+    return S
+
+
+def band_atn_into(A: Tensor, v: Tensor, out: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int) -> Tensor:
+    op = "window_attn_band_atn"
+    kb.check_tensors(op, {"A": A, "v": v, "out": out}, contiguous=True)
+    B, H, W, _ = v.shape
+    M = _check_band(op, tab, v, s, G, Ku, Kv)
+    C = _split(op, "v", v, G)
+    _check_hi(op, "A", A, v, s, G * M)
+    _check_hi(op, "out", out, v, s, G * C)
+    kb.check_grid_y(op, G)
+    FAMILY.launch("band_atn", B * H * W, A, v, out, tab, B, H, W, C, M, Kv, s, G, grid_y=G)
+    return out
+
+
+def band_atn_t_into(A: Tensor, g: Tensor, out: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int) -> Tensor:
+    op = "window_attn_band_atn_t"
+    kb.check_tensors(op, {"A": A, "g": g, "out": out}, contiguous=True)
+    B, H, W, _ = out.shape
+    M = _check_band(op, tab, out, s, G, Ku, Kv)
+    C = _split(op, "out", out, G)
+    _check_hi(op, "A", A, out, s, G * M)
+    _check_hi(op, "g", g, out, s, G * C)
+    FAMILY.launch("band_atn_t", B * H * W, A, g, out, tab, B, H, W, C, M, Kv, s, G,
+                  grid_y=G * -(-C // kb.chunk_t(g)))
+    return out
+
+
+def band_fused_mean_into(q: Tensor, k: Tensor, v: Tensor, out: Tensor, tab: Tensor, Ku: int, Kv: int, s: int,
+                         G: int, scale: float = 1.0) -> Tensor:
+    op = "window_attn_band_fused_mean"
+    kb.check_tensors(op, {"q": q, "k": k, "v": v, "out": out}, contiguous=True)
+    B, H, W, _ = k.shape
+    M = _check_band(op, tab, k, s, G, Ku, Kv)
+    D, C = _split(op, "k", k, G), v.shape[3]
+    kb.check_shape(op, "v", v, (B, H, W, C))
+    _check_hi(op, "q", q, k, s, G * D)
+    _check_hi(op, "out", out, k, s, C)
+    FAMILY.launch("band_fused_mean", B * H * W, q, k, v, out, tab, B, H, W, D, C, M, Kv, s, G,
+                  _scale_bits(scale))
+    return out
+
+
+@torch.library.custom_op("upbench::window_attn_band_sim", mutates_args=())
+def window_attn_band_sim(q: Tensor, k: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int,
+                         scale: float) -> Tensor:
+    _check_band("window_attn_band_sim", tab, k, s, G, Ku, Kv)  # before allocating by them
+    q, k = q.contiguous(), k.contiguous()
+    return band_sim_into(q, k, _hi(k, s, G * Ku * Kv), tab, Ku, Kv, s, G, scale)
+
+
+@torch.library.custom_op("upbench::window_attn_band_atn", mutates_args=())
+def window_attn_band_atn(A: Tensor, v: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int) -> Tensor:
+    _check_band("window_attn_band_atn", tab, v, s, G, Ku, Kv)
+    A, v = A.contiguous(), v.contiguous()
+    return band_atn_into(A, v, _hi(v, s, v.shape[3]), tab, Ku, Kv, s, G)
+
+
+@torch.library.custom_op("upbench::window_attn_band_atn_t", mutates_args=())
+def window_attn_band_atn_t(A: Tensor, g: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int) -> Tensor:
+    B, OH, OW, C = g.shape
+    if not (isinstance(s, int) and s >= 1 and OH % s == 0 and OW % s == 0):
+        raise ValueError(f"upbench::window_attn_band_atn_t: high-res size {OH}x{OW} is not a multiple of s={s}")
+    out = g.new_empty(B, OH // s, OW // s, C)
+    _check_band("window_attn_band_atn_t", tab, out, s, G, Ku, Kv)
+    return band_atn_t_into(A.contiguous(), g.contiguous(), out, tab, Ku, Kv, s, G)
+
+
+@torch.library.custom_op("upbench::window_attn_band_fused_mean", mutates_args=())
+def window_attn_band_fused_mean(q: Tensor, k: Tensor, v: Tensor, tab: Tensor, Ku: int, Kv: int, s: int, G: int,
+                                scale: float) -> Tensor:
+    _check_band("window_attn_band_fused_mean", tab, k, s, G, Ku, Kv)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    return band_fused_mean_into(q, k, v, _hi(v, s, v.shape[3]), tab, Ku, Kv, s, G, scale)
+
+
+@window_attn_band_sim.register_fake
+def _(q, k, tab, Ku, Kv, s, G, scale):
+    return _hi(k, s, G * Ku * Kv)
+
+
+@window_attn_band_atn.register_fake
+def _(A, v, tab, Ku, Kv, s, G):
+    return _hi(v, s, v.shape[3])
+
+
+@window_attn_band_atn_t.register_fake
+def _(A, g, tab, Ku, Kv, s, G):
+    B, OH, OW, C = g.shape
+    return g.new_empty(B, OH // s, OW // s, C)
+
+
+@window_attn_band_fused_mean.register_fake
+def _(q, k, v, tab, Ku, Kv, s, G, scale):
+    return _hi(v, s, v.shape[3])
+
+
+def _setup_band_sim(ctx, inputs, output) -> None:
+    q, k, tab, *ctx.w, ctx.scale = inputs
+    ctx.save_for_backward(q, k, tab)
+
+
+def _band_sim_backward(ctx, dS: Tensor):
+    q, k, tab = ctx.saved_tensors
+    dS = (dS * ctx.scale).contiguous()
+    dq = window_attn_band_atn(dS, k, tab, *ctx.w) if ctx.needs_input_grad[0] else None
+    dk = window_attn_band_atn_t(dS, q, tab, *ctx.w) if ctx.needs_input_grad[1] else None
+    return dq, dk, None, None, None, None, None, None
+
+
+def _setup_band_atn(ctx, inputs, output) -> None:
+    A, v, tab, *ctx.w = inputs
+    ctx.save_for_backward(A, v, tab)
+
+
+def _band_atn_backward(ctx, dout: Tensor):
+    A, v, tab = ctx.saved_tensors
+    dout = dout.contiguous()
+    dA = window_attn_band_sim(dout, v, tab, *ctx.w, 1.0) if ctx.needs_input_grad[0] else None
+    dv = window_attn_band_atn_t(A, dout, tab, *ctx.w) if ctx.needs_input_grad[1] else None
+    return dA, dv, None, None, None, None, None
+
+
+window_attn_band_sim.register_autograd(_band_sim_backward, setup_context=_setup_band_sim)
+window_attn_band_atn.register_autograd(_band_atn_backward, setup_context=_setup_band_atn)
+
+
+# FLOPs: 2 × MACs over every slot of the grid (masked ones included), as the other window_attn ops count.
+@register_flop_formula(torch.ops.upbench.window_attn_band_sim)
+def _band_sim_flop(q_shape, k_shape, tab_shape, Ku, Kv, *_, **__) -> int:
+    B, OH, OW, GD = q_shape
+    return 2 * B * OH * OW * Ku * Kv * GD
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_band_atn)
+def _band_atn_flop(A_shape, v_shape, tab_shape, Ku, Kv, *_, **__) -> int:
+    B, OH, OW, _ = A_shape
+    return 2 * B * OH * OW * Ku * Kv * v_shape[3]
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_band_atn_t)
+def _band_atn_t_flop(A_shape, g_shape, tab_shape, Ku, Kv, *_, **__) -> int:
+    B, OH, OW, GC = g_shape
+    return 2 * B * OH * OW * Ku * Kv * GC
+
+
+@register_flop_formula(torch.ops.upbench.window_attn_band_fused_mean)
+def _band_fused_mean_flop(q_shape, k_shape, v_shape, tab_shape, Ku, Kv, *_, **__) -> int:
+    B, OH, OW, GD = q_shape
+    return 2 * B * OH * OW * Ku * Kv * (GD + v_shape[3])
+
+
+BAND_KERNELS = ("band_sim", "band_atn", "band_atn_t", "band_fused_mean")
+
+
+def band_attention_mean(q: Tensor, k: Tensor, v: Tensor, band: Band, G: int, scale: float = 1.0,
+                        fused: bool = False) -> Tensor:
+    """Σ_m mean over the G heads of softmax_m(scale · q_g·k_g(slot m)) over the band (masked keys excluded) ·
+    v(slot m), v's C channels shared by every head: q (B, sH, sW, G·D), k (B, H, W, G·D), v (B, H, W, C) →
+    (B, sH, sW, C). Unfused: band_sim, the mask and softmax in torch, the head mean, band_atn with one group
+    (differentiable through the family's gather backward); ``fused``: one kernel, forward only."""
+    tab, w = band.table_on(q.device), (band.Ku, band.Kv, band.s)
+    if fused:
+        return window_attn_band_fused_mean(q, k, v, tab, *w, G, scale)
+    S = window_attn_band_sim(q, k, tab, *w, G, scale)
+    B, OH, OW, _ = S.shape
+    logits = S.view(B, OH, OW, G, band.M) + band.bias(S)[:, :, None, :]
+    A = logits.softmax(-1).mean(3)
+    return window_attn_band_atn(A, v, tab, *w, 1)
+
+
+def band_reference(q: Tensor, k: Tensor, v: Tensor, row_ok: Tensor, col_ok: Tensor, G: int,
+                   scale: float = 1.0) -> Tensor:
+    """float64 head-averaged masked attention over every key, the band taken literally: ``row_ok`` (sH, H) and
+    ``col_ok`` (sW, W) say which low-res rows and columns output (i, j) sees."""
+    B, OH, OW, GD = q.shape
+    H, W = k.shape[1:3]
+    qh, kh = q.reshape(B, OH * OW, G, -1), k.reshape(B, H * W, G, -1)
+    logits = torch.einsum("blgd,bsgd->bgls", qh, kh) * scale
+    ok = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(OH * OW, H * W)
+    A = logits.masked_fill(~ok, float("-inf")).softmax(-1).mean(1)
+    return torch.einsum("bls,bsc->blc", A, v.reshape(B, H * W, -1)).reshape(B, OH, OW, -1)
+
+
+def band_grid_index(band: Band) -> tuple[Tensor, Tensor]:
+    """Each child row's grid rows (sH, Ku) and column's grid columns (sW, Kv) as low-res indices (may be past
+    the map, where every child masks them): what the kernels' slot m = a·Kv + b addresses."""
+    n_u, n_v = band.H, band.W
+    U0, V0 = band.table[2 * band.M:2 * band.M + n_u], band.table[2 * band.M + n_u:2 * band.M + n_u + n_v]
+    rows = U0.repeat_interleave(band.s)[:, None] + torch.arange(band.Ku)
+    cols = V0.repeat_interleave(band.s)[:, None] + torch.arange(band.Kv)
+    return rows, cols
+
+
+def band_sim_reference(q: Tensor, k: Tensor, band: Band, G: int, scale: float = 1.0) -> Tensor:
+    """float64 scale · <q_g, k_g(slot m)> over the grid (unmasked; 0 past the map) as (B, sH, sW, G·M)."""
+    B, H, W, _ = k.shape
+    rows, cols = band_grid_index(band)
+    ok = (rows < H)[:, None, :, None] & (cols < W)[None, :, None, :]  # (sH, sW, Ku, Kv)
+    kg = k[:, rows.clamp(max=H - 1)[:, None, :, None], cols.clamp(max=W - 1)[None, :, None, :]]
+    qg = q.reshape(*q.shape[:3], 1, 1, G, -1)
+    S = (qg * kg.reshape(*kg.shape[:5], G, -1)).sum(-1) * ok[None, ..., None] * scale  # (B, sH, sW, Ku, Kv, G)
+    return S.permute(0, 1, 2, 5, 3, 4).reshape(B, *q.shape[1:3], -1)
+
+
+def band_atn_reference(A: Tensor, v: Tensor, band: Band, G: int) -> Tensor:
+    """float64 Σ_m A[g·M + m] · v_g(slot m) over the grid (a slot past the map has a zero row)."""
+    B, H, W, GC = v.shape
+    rows, cols = band_grid_index(band)
+    ok = (rows < H)[:, None, :, None] & (cols < W)[None, :, None, :]
+    vg = v[:, rows.clamp(max=H - 1)[:, None, :, None], cols.clamp(max=W - 1)[None, :, None, :]]
+    vg = (vg * ok[None, ..., None]).reshape(*vg.shape[:3], band.M, G, GC // G)  # (B, sH, sW, M, G, C)
+    Ag = A.reshape(*A.shape[:3], G, band.M)
+    return torch.einsum("bijgm,bijmgc->bijgc", Ag, vg).reshape(B, *A.shape[1:3], GC)
+
+
+def band_atn_t_reference(A: Tensor, g: Tensor, band: Band, G: int) -> Tensor:
+    """The gradient of <band_atn_reference(A, v), g> with respect to v: what band_atn_t computes."""
+    B, OH, OW, C = g.shape
+    v = torch.zeros(B, OH // band.s, OW // band.s, C, dtype=g.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (dv,) = torch.autograd.grad(band_atn_reference(A, v, band, G), v, g)
+    return dv

@@ -40,7 +40,7 @@ SAPA_OPS = ("sapa", "sapa-b", "sapa-g", "sapa-i")
 KERNEL_IMPLS = ("cupy", "cupy-fused", "cpu-kernel", "cpu-kernel-fused")
 SAPA = {f"{o}/{i}" for o in SAPA_OPS for i in KERNEL_IMPLS}
 CARAFE = {f"{o}/{i}" for o in ("carafe", "fade") for i in KERNEL_IMPLS} | {"a2u/cupy", "a2u/cpu-kernel"}
-WINDOW = {f"{o}/{i}" for o in ("naf", "uplift") for i in KERNEL_IMPLS}
+WINDOW = {f"{o}/{i}" for o in ("anyup", "naf", "uplift") for i in KERNEL_IMPLS}
 ALL = SAPA | CARAFE | WINDOW
 
 
@@ -63,7 +63,7 @@ def package_copy(tmp_path_factory) -> Path:
 
 def test_kernel_sources_are_the_include_closure_and_bindings():
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cpu")}
-    assert {"window_attn.cu", "window.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py",
+    assert {"window_attn.cu", "window.cuh", "window_band.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py",
             "window_attn_kernels.py", "_cpu_shim.py"} == names
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cuda", ("carafe_kernels",))}
     assert {"window_attn.cu", "window.cuh", "upb_common.cuh", "kernel_binding.py", "window_attn_kernels.py",
@@ -90,6 +90,7 @@ def test_editing_a_binding_changes_the_hashes_of_the_impls_that_launch_through_i
 
 @pytest.mark.parametrize("edit, changed", [
     ("kernels/window_attn.cu", ALL),
+    ("kernels/window_band.cuh", ALL),
     ("kernels/window.cuh", ALL),
     ("kernels/cpu_shim.h", {k for k in ALL if "cpu-kernel" in k}),
 ], ids=lambda v: v if isinstance(v, str) else "")

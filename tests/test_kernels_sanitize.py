@@ -59,6 +59,17 @@ DRIVER = textwrap.dedent("""
                             o = torch.empty(B, H * s, W * s, G * C, dtype=dt)
                             wk.fused_into(qd, kd, vd, o, win.flat, win.code, s, G, 0.5, path="tiled", **pin)
                             wk.fused_given_into(Ld, vd, o, win.flat, win.code, s, G, path="tiled", **pin)
+            # window_attn band windows (AnyUp's, clipped by the borders; ratio 16 on 1×1): every kernel via autograd
+            from upbench.operators.anyup import windows
+            for B, H, W, D, C, s, G in [(1, 3, 2, 3, 5, 2, 2), (1, 1, 1, 4, 35, 16, 1), (2, 2, 4, 5, 6, 3, 2)]:
+                (r0, r1), (c0, c1) = windows(H * s, H, 0.3), windows(W * s, W, 0.3)
+                bd = wk.Band.from_ranges(r0, r1, c0, c1, H, W, s)
+                for dt in (torch.float32, torch.bfloat16):
+                    q = torch.randn(B, H * s, W * s, G * D, dtype=dt, requires_grad=True)
+                    k = torch.randn(B, H, W, G * D, dtype=dt, requires_grad=True)
+                    v = torch.randn(B, H, W, C, dtype=dt, requires_grad=True)
+                    wk.band_attention_mean(q, k, v, bd, G, 0.5).sum().backward()
+                    wk.band_attention_mean(q, k, v, bd, G, 0.5, fused=True)
             # Bad arguments through the *_into entries: one ValueError each, nothing reaches a kernel. (The
             # custom ops raise from inside torch's dispatcher, a C++ throw that ASan's preloaded runtime cannot
             # intercept in this process; their guards are the same checks, run in test_kernels_guards.py.)
@@ -72,7 +83,9 @@ DRIVER = textwrap.dedent("""
                      lambda: sk.atn_into(torch.randn(1, 4, 4, 9), v, torch.empty(1, 4, 4, 8).double(), 3, 2),
                      lambda: sk.fused_into(q.transpose(1, 2), k, v, torch.empty(1, 4, 4, 8), 3, 2),
                      lambda: wk.fused_into(q, k, v, torch.empty(1, 4, 4, 8), [0, 0] * 226, 0, 2, 1),
-                     lambda: wk.atn_t_into(torch.randn(1, 4, 4, 2), g, torch.empty(1, 2, 2, 8), [0, 0, 3, 0], 2, 2, 1)]
+                     lambda: wk.atn_t_into(torch.randn(1, 4, 4, 2), g, torch.empty(1, 2, 2, 8), [0, 0, 3, 0], 2, 2, 1),
+                     lambda: wk.band_atn_t_into(torch.randn(1, 4, 4, 4), g, torch.empty(1, 2, 2, 8),
+                                                torch.zeros(20, dtype=torch.int64), 2, 2, 2, 1)]
             for call in calls:
                 try:
                     call()

@@ -128,6 +128,28 @@ DRIVER = textwrap.dedent("""
                 close(f"window_attn tiled_given {shape}",
                       wk.fused_given_into(f[3], f[2], nan(B, H * s, W * s, G * C), *w, **pin),
                       wk.reference(None, None, d[2], win, s, G, L=d[3]))
+            # band windows (AnyUp's, clipped by the borders; two heads; then C = 260 with a 256-channel chunk)
+            for B, H, W, D, C, s, G in [(1, 3, 2, 5, 7, 2, 2), (1, 2, 3, 33, 260, 3, 1)][:n]:
+                from upbench.operators.anyup import windows
+                (r0, r1), (c0, c1) = windows(H * s, H, 0.3), windows(W * s, W, 0.3)
+                bd = wk.Band.from_ranges(r0, r1, c0, c1, H, W, s)
+                w, M = (bd.table, bd.Ku, bd.Kv, s, G), bd.M
+                rok = (torch.arange(H) >= r0[:, None]) & (torch.arange(H) < r1[:, None])
+                cok = (torch.arange(W) >= c0[:, None]) & (torch.arange(W) < c1[:, None])
+                q, k, v = rnd(B, H * s, W * s, G * D), rnd(B, H, W, G * D), rnd(B, H, W, C)
+                vg, gr, A = rnd(B, H, W, G * C), rnd(B, H * s, W * s, G * C), rnd(B, H * s, W * s, G * M)
+                f = [t.float() for t in (q, k, v, vg, gr, A)]
+                d = [t.double() for t in f]
+                shape = ("band", B, H, W, D, C, s, G)
+                close(f"window_attn band_fused_mean {shape}",
+                      wk.band_fused_mean_into(f[0], f[1], f[2], nan(B, H * s, W * s, C), *w, 0.5),
+                      wk.band_reference(d[0], d[1], d[2], rok, cok, G, 0.5))
+                close(f"window_attn band_sim {shape}", wk.band_sim_into(f[0], f[1], nan(*A.shape), *w, 0.5),
+                      wk.band_sim_reference(d[0], d[1], bd, G, 0.5))
+                close(f"window_attn band_atn {shape}", wk.band_atn_into(f[5], f[3], nan(*gr.shape), *w),
+                      wk.band_atn_reference(d[5], d[3], bd, G))
+                close(f"window_attn band_atn_t {shape}", wk.band_atn_t_into(f[5], f[4], nan(*vg.shape), *w),
+                      wk.band_atn_t_reference(d[5], d[4], bd, G))
     print("ok", flush=True)
 """)
 FAMILIES = ("window_attn",)  # the one kernel family; SAPA's and CARAFE's bindings run on it

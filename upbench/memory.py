@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def result_bytes(out: object) -> int:
@@ -118,3 +119,23 @@ def vm_hwm_bytes() -> int | None:
     """Linux VmHWM of this process (physical peak); None elsewhere."""
     kb = _status_kb("VmHWM")
     return None if kb is None else kb * 1024
+
+
+class _OpCalls(TorchDispatchMode):
+    def __init__(self, match: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.match, self.calls = match, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.match(func.name()):
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def op_calls(fn: Callable[[], object], match: Callable[[str], bool]) -> list[tuple[object, tuple, dict]]:
+    """(op, args, kwargs) of every dispatcher op whose qualified name (``upbench::sapa_fused``) ``match``
+    accepts, as ``fn`` calls it: so one op of a whole impl can be re-run alone, on the very inputs it got,
+    e.g. under :func:`peak_cpu`. Custom ops show as themselves (their bodies run below the mode)."""
+    with _OpCalls(match) as mode:
+        _run_and_drop(fn)
+    return mode.calls
