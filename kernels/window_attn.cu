@@ -261,9 +261,9 @@ __device__ __forceinline__ void atn_t_kernel(const T* __restrict__ Aw, const T* 
                 UPB_PREFETCH(Aw + c * ldA + m);
               }
           }
-        // Every high-res row (stride OW·ld, a power of two here) of an item maps to one cache set, and an item
-        // gathers 2·s·K of them: more than L2's 8 ways, so walking them in the same order for every item missed
-        // on every row under LRU. Odd items walk backwards (a snake), so the rows they reuse are the most recent.
+        // The 2·s·K high-res rows an item gathers (stride OW·ld, often a power of two) share cache sets, more of
+        // them than L2 has ways; odd items walk the slots backwards (a snake) so that the rows they reuse are
+        // the most recently used under LRU (no gain was measurable on the heavily loaded development VM).
         const bool rev = v & 1;
         for (int mi = 0; mi < wn.M; ++mi) {
           const int m = rev ? wn.M - 1 - mi : mi;
@@ -334,6 +334,7 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
       const T* qr[NC];
       A* sr[NC];
       T* orow[NC];
+      A inv[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ldq, sr[n] = sc + n * UPB_MAX_KK, orow[n] = out + px[n] * ldv;
       if (GIVEN) {
@@ -358,12 +359,19 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
           e[m] = x;
           sum += x;
         }
-        const A inv = A(1) / warp_sum(sum);
-        // normalised once here (each lane its own slots), not once per channel chunk in the aggregation
-        for (int m = lane; m < wn.M; m += UPB_LANES) e[m] *= inv;
+        inv[n] = A(1) / warp_sum(sum);
+#if UPB_LANES == 1
+        // CPU fast build: normalised once here, not once per channel chunk in the aggregation (the same
+        // products; on the GPU this kept one more value live and the fp64 kernel spilled)
+        for (int m = 0; m < wn.M; ++m) e[m] *= inv[n];
+#endif
       }
       UPB_SYNCWARP();
+#if UPB_LANES == 1
       aggregate<NC>([&](int n, int m) { return sr[n][m]; }, v, orow, wn, rows, C, ldv, lane);
+#else
+      aggregate<NC>([&](int n, int m) { return sr[n][m] * inv[n]; }, v, orow, wn, rows, C, ldv, lane);
+#endif
       UPB_SYNCWARP();  // every lane has read sc before the next group overwrites it
     });
   }
