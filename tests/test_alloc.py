@@ -20,6 +20,8 @@ fresh_output = lambda: torch.empty(9 << 20).fill_(1.0)
 st = Stopping(budget_s=0.05, min_samples=3, warmup_s=0.3)
 fresh = time_cpu(fresh_output, st, threads=1).minor_faults_per_call
 with allocation_mode("warm"):
+    for _ in range(3):  # settle the pool by calls, not by time: on a loaded machine 0.3 s may be one call
+        fresh_output()
     warm = time_cpu(fresh_output, st, threads=1).minor_faults_per_call
 print(json.dumps([fresh, warm]))
 """
@@ -53,7 +55,7 @@ def test_the_alloc_axis_keeps_the_cell_ids_of_runs_made_before_it(suite, recorde
     from upbench import sweeps
 
     cells = sweeps.expand(sweeps.load(suite), overrides={"device": ("cpu",)})
-    assert sorted(c.id for c in cells) == _ids(recorded)
+    assert set(_ids(recorded)) <= {c.id for c in cells}  # impls added since then add cells, change none
     warm = sweeps.expand(sweeps.load(suite), overrides={"device": ("cpu",), "alloc": ("warm",)})
     assert not {c.id for c in warm} & {c.id for c in cells}  # a warm cell is a different measurement
     assert [c.case.seed() for c in warm] == [c.case.seed() for c in cells]  # ... of the same inputs
