@@ -43,8 +43,8 @@ SHAPES = [(1, 3, 4, 5, 7, 3, 2), (2, 5, 3, 33, 70, 5, 3), (1, 2, 2, 8, 9, 7, 1),
 BENCH = (2, 64, 64, 256, 256, 5, 2)
 QUICK_BENCH = (1, 16, 16, 32, 32, 5, 2)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-# max |kernel − reference| / max |reference| (see tests/test_kernels_shim.py)
-TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+# max |kernel − reference| / max |reference| (see tests/test_kernels_shim.py: fp32 sums up to 121 terms)
+TOL = {torch.float64: 1e-12, torch.float32: 8e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 
 

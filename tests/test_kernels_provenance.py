@@ -63,10 +63,11 @@ def package_copy(tmp_path_factory) -> Path:
 
 def test_kernel_sources_are_the_include_closure_and_bindings():
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cpu")}
-    assert {"window_attn.cu", "window.cuh", "window_band.cuh", "upb_common.cuh", "cpu_shim.h", "kernel_binding.py",
-            "window_attn_kernels.py", "_cpu_shim.py"} == names
+    assert {"window_attn.cu", "window.cuh", "window_band.cuh", "window_tiled.cuh", "upb_common.cuh", "cpu_shim.h",
+            "kernel_binding.py", "window_attn_kernels.py", "_cpu_shim.py"} == names
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cuda", ("carafe_kernels",))}
-    assert {"window_attn.cu", "window.cuh", "upb_common.cuh", "kernel_binding.py", "window_attn_kernels.py",
+    assert {"window_attn.cu", "window.cuh", "window_band.cuh", "window_tiled.cuh", "upb_common.cuh",
+            "kernel_binding.py", "window_attn_kernels.py",
             "carafe_kernels.py", "_cuda.py"} == names
     assert sorted(p.name for p in kb._cpu_shim.kernel_dir().glob("*.cu")) == ["window_attn.cu"]  # one family
 
@@ -91,6 +92,7 @@ def test_editing_a_binding_changes_the_hashes_of_the_impls_that_launch_through_i
 @pytest.mark.parametrize("edit, changed", [
     ("kernels/window_attn.cu", ALL),
     ("kernels/window_band.cuh", ALL),
+    ("kernels/window_tiled.cuh", ALL),
     ("kernels/window.cuh", ALL),
     ("kernels/cpu_shim.h", {k for k in ALL if "cpu-kernel" in k}),
 ], ids=lambda v: v if isinstance(v, str) else "")
