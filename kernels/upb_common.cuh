@@ -254,7 +254,9 @@ inline vf vld(const f16* p) {  // h2f on every lane
 inline void vst(float* p, vf v) {
   // Outputs are written once and never read back by the kernel: stream full aligned vectors past the cache
   // (no read-for-ownership), which the output-bound kernels need to reach the FMA roofline.
-#if defined(__AVX512F__)
+#if defined(__SANITIZE_ADDRESS__)
+  // sanitizer builds: AddressSanitizer does not instrument non-temporal store builtins, so every store is plain
+#elif defined(__AVX512F__)
   if (((unsigned long)p & 63) == 0) return _mm512_stream_ps(p, (__m512)v);
 #elif defined(__AVX2__)
   if (((unsigned long)p & 31) == 0) return _mm256_stream_ps(p, (__m256)v);

@@ -22,7 +22,8 @@
 // pad, so that the 16-byte reads of neighbouring rows fall in different banks).
 // Barriers (each removed in turn by the mutation tests): S0 tile start (the previous tile's readers are done),
 // S1 before a k slice is staged (readers of the previous slice), S2 after it, S1g before given logits are loaded,
-// S3 logits complete, S4 weights normalised, S5 before a v slice (readers of the previous one), S6 after it.
+// S3 logits complete, S5 before a v slice (readers of the previous one), S6 after it (it also publishes the
+// softmax's normalised weights: a separate barrier there was found redundant by its mutant).
 #pragma once
 
 #include "upb_common.cuh"
@@ -308,7 +309,8 @@ __device__ __forceinline__ void tiled_kernel(const T* __restrict__ q, const T* _
         const A inv = A(1) / sum;
         for (int m = 0; m < M; ++m) e[m] *= inv;
       }
-      __syncthreads();  // S4: the weights are normalised
+      // No barrier here: S6 below (after the first v slice is staged, before any weight is read) also publishes
+      // the normalised weights. The barrier-mutant test found a separate one here removable without effect.
       const int per = S::SL / S::VW;  // threads per group in the aggregation: one 16-byte vector of channels each
       for (I c0 = 0; c0 < (I)C; c0 += S::SL) {
         if (c0 > 0) __syncthreads();  // S5: the previous slice's readers of the halo are done
