@@ -3,7 +3,9 @@
   1. CARAFE's fused forward (``fused_given``: softmax over given K² logits + reassembly), fp32, B = 2,
      C = 256, 64² → 128², K = 5, zero border, G = 1;
   2. the SAPA core's forward + backward through the autograd path ``attention(...)`` (sim → softmax → atn;
-     backward sim/atn/atn_t), fp32, B = 2, C = d = 256, 64² → 128², K = 5, scale 1/√d.
+     backward sim/atn/atn_t), fp32, B = 2, C = d = 256, 64² → 128², K = 5, scale 1/√d;
+  3. NAF's fused forward at its public size (``--naf``): 28² → 448² (ratio 16), 4 heads of d = 64, C = 384,
+     K = 9, shift rule, fp32.
 
 Floor = max(FLOPs / matmul ceiling, minimum bytes / copy ceiling); FLOPs from the kernels' registered
 formulas (FlopCounterMode), minimum bytes: goal 1 reads L and v and writes out; goal 2 reads q, k, v and
@@ -14,18 +16,23 @@ Times are medians of ``--reps`` calls, in two forms: ``into`` (preallocated outp
 glibc kept in its ``warm`` mode so the gradients' pages are reused, see upbench/alloc.py) and ``plain`` (a
 plain call: fresh outputs, first-touch page faults included). Usage:
 
-    python benchmarks/window_attn_cpu.py [--reps 7] [--threads N] [--parts] [--cpu-time] [--kdir DIR] [--ab DIR]
+    python benchmarks/window_attn_cpu.py [--reps 7] [--threads N] [--parts] [--naf] [--cpu-time] [--kdir DIR]
+                                         [--ab DIR] [--report DIR]
 
 ``--kdir`` runs the kernel sources of another directory (a copy of kernels/ at another commit) and
 ``--ab DIR`` interleaves this tree's kernels (A) with DIR's (B) call by call, for version comparisons on a
-shared machine.
+shared machine. ``--report DIR`` also writes what was printed, with the machine and the command, to
+DIR/README.md (reports/kernels-cpu is the committed one).
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
+import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +98,17 @@ def sapa_case() -> dict[str, Callable[[], object] | int]:
     return {"into": step, "plain": step, "flops": flops(step), "bytes": nbytes, "warm_alloc": True}
 
 
+def naf_case() -> dict[str, Callable[[], object] | int]:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 448, 448, 256, generator=g), torch.randn(1, 28, 28, 256, generator=g)
+    v, out = torch.randn(1, 28, 28, 384, generator=g), torch.empty(1, 448, 448, 384)
+    win = wk.Window.square(9, 1, "shift")
+    into = lambda: wk.fused_into(q, k, v, out, win.flat, win.code, 16, 4, 64**-0.5)  # noqa: E731
+    plain = lambda: wk.attention(q, k, v, win, 16, 4, 64**-0.5, fused=True)  # noqa: E731
+    nbytes = (q.numel() + k.numel() + v.numel() + out.numel()) * 4
+    return {"into": into, "plain": plain, "flops": flops(plain), "bytes": nbytes}
+
+
 def kernel_parts() -> dict[str, tuple[Callable[[], object], int]]:
     """The SAPA fwd+bwd chain's pieces with preallocated outputs: (call, FLOPs)."""
     g = torch.Generator().manual_seed(1)
@@ -132,9 +150,18 @@ def main() -> None:
     ap.add_argument("--kdir", type=Path, default=None, help="kernel sources to run instead of the package's")
     ap.add_argument("--ab", type=Path, default=None, help="interleave with the kernels in this directory")
     ap.add_argument("--parts", action="store_true", help="also time each kernel of the SAPA chain")
+    ap.add_argument("--naf", action="store_true", help="also NAF's fused forward at 448² (about 1 s a call)")
+    ap.add_argument("--report", type=Path, default=None, help="also write the results to DIR/README.md")
     ap.add_argument("--cpu-time", action="store_true", help="one thread, timed by process CPU time (kernel and "
                     "matmul alike): a per-core comparison that a busy machine disturbs less than wall time")
     args = ap.parse_args()
+    lines: list[str] = []
+
+    def print(*parts: object) -> None:  # noqa: A001 - echo and keep for --report
+        text = " ".join(str(x) for x in parts)
+        lines.append(text)
+        builtins.print(text, flush=True)
+
     global CLOCK
     if args.cpu_time:
         args.threads, CLOCK = 1, time.process_time
@@ -148,6 +175,8 @@ def main() -> None:
     print(f"ceilings: upbench.ceilings matmul {ceil['matmul_GFLOPs']:.1f} GFLOP/s, copy {ceil['copy_GBps']:.1f} GB/s "
           f"(probed {ceil.get('probed_at', '?')}); measured torch.mm n=2048: {mine:.1f} GFLOP/s")
     cases = {"CARAFE fused_given fwd (B=2)": carafe_case(), "SAPA core fwd+bwd (B=2)": sapa_case()}
+    if args.naf:
+        cases["NAF fused fwd (448², ×16, C=384, K=9, 4 heads)"] = naf_case()
     dirs = [("A", args.kdir)] + ([("B", args.ab)] if args.ab else [])
     for name, case in cases.items():
         f, nb = case["flops"], case["bytes"]
@@ -173,6 +202,30 @@ def main() -> None:
                 rate = f"  {f / med / 1e9:.0f} GFLOP/s" if f else ""
                 print(f"  {tag} {name:18s} median {med * 1e3:7.2f} ms{rate}")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.report:
+        write_report(args.report, lines)
+
+
+def write_report(out: Path, lines: list[str]) -> None:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor() or "unknown CPU")
+    flags = _cpu_shim.cpu_flags()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    out.mkdir(parents=True, exist_ok=True)
+    head = [
+        "# window_attn kernels on the CPU: time against the roofline floor",
+        "",
+        "Generated by `benchmarks/window_attn_cpu.py`; what the cases, floors and columns mean is in its docstring",
+        "and in docs/kernels.md (\"CPU performance\"). Compare only figures taken at the same load.",
+        "",
+        f"- machine: {cpu}, {isa}, {os.cpu_count()} logical CPUs; torch {torch.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- command: `python benchmarks/window_attn_cpu.py {' '.join(sys.argv[1:])}`",
+        "",
+        "```",
+    ]
+    (out / "README.md").write_text("\n".join(head + lines + ["```", ""]))
 
 
 if __name__ == "__main__":

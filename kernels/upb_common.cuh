@@ -20,6 +20,9 @@
 #ifndef UPB_VPT_T
 #define UPB_VPT_T UPB_VPT  // the same for atn_t, whose items are (pixel, chunk): the CPU build takes wider chunks
 #endif
+#ifndef UPB_T_SCATTER_BYTES
+#define UPB_T_SCATTER_BYTES 0  // > 0: fp32/fp64 atn_t as a scatter over chunks of this many bytes (CPU builds)
+#endif
 #ifndef UPB_NC
 #define UPB_NC 2  // high-res children processed together (each loaded key/value row feeds UPB_NC outputs)
 #endif

@@ -77,5 +77,22 @@ __device__ __forceinline__ void chunks(i64 C, F&& body) {
   if (c0 < C) body(c0, Flag<true>());
 }
 
+// atn_t's split of a group's channels: its items gather rather than scatter, so each keeps one chunk of
+// UPB_VPT_T·UPB_LANES channels in registers; grid.y = G × chunks, chunk-major.
+struct TChunk {
+  i64 CH, C, c0;
+  unsigned grp;
+  __device__ explicit TChunk(i64 C_) : CH((i64)UPB_VPT_T * UPB_LANES), C(C_) {
+    const unsigned nch = (unsigned)((C + CH - 1) / CH);
+    grp = blockIdx.y / nch, c0 = (i64)(blockIdx.y - grp * nch) * CH;
+  }
+  // body(c0, Flag<tail>): a full chunk runs without bounds checks.
+  template <typename F>
+  __device__ __forceinline__ void run(F&& body) const {
+    if (c0 + CH <= C) body(c0, Flag<false>());
+    else body(c0, Flag<true>());
+  }
+};
+
 }  // namespace win
 }  // namespace upb

@@ -97,7 +97,7 @@ __device__ __forceinline__ void band_atn_kernel(const T* __restrict__ Aw, const 
   }
 }
 
-// Gather form of band_atn's transpose; grid.y = G × (channel chunks of a group), chunk-major. Low-res (u, v) is
+// Gather form of band_atn's transpose; grid.y as win::TChunk says. Low-res (u, v) is
 // slot (a, b) of the parents whose union starts at (u − a, v − b): one range per axis (UR, VR; clamped to the
 // map, so a malformed table cannot index past it). Fixed order: deterministic.
 template <typename T>
@@ -108,15 +108,15 @@ __device__ __forceinline__ void band_atn_t_kernel(const T* __restrict__ Aw, cons
   const Geo g(H, W, 1, s);
   const Band bd(tab, M, Kv, H, W, s);
   const int lane = threadIdx.x % UPB_LANES;
-  const i64 CH = (i64)UPB_VPT_T * UPB_LANES;
-  const unsigned nch = (unsigned)((C + CH - 1) / CH), grp = blockIdx.y / nch;
-  const i64 c0 = (i64)(blockIdx.y - grp * nch) * CH, ld = G * C, ldA = G * M;
+  const win::TChunk tc(C);
+  const i64 ld = G * C, ldA = G * M;
+  const unsigned grp = tc.grp;
   const int Ku = (int)(M / Kv);
   if (grp >= G) return;
   Aw += grp * M, gr += grp * C, out += grp * C;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, v = it.v;
-    auto body = [&](auto tail) {
+    tc.run([&](i64 c0, auto tail) {
       constexpr bool TAIL = decltype(tail)::value;
       Regs<T, A, 1, UPB_VPT_T> acc;
       acc.zero();
@@ -139,9 +139,7 @@ __device__ __forceinline__ void band_atn_t_kernel(const T* __restrict__ Aw, cons
         }
       }
       acc.template store<TAIL>(0, out + it.index() * ld, c0, C, lane);
-    };
-    if (c0 + CH <= C) body(Flag<false>());
-    else body(Flag<true>());
+    });
   }
 }
 

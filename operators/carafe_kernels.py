@@ -91,8 +91,9 @@ def carafe_reassemble_dx(M: Tensor, dout: Tensor, K: int, s: int, G: int) -> Ten
     _check("carafe_reassemble_dx", (B, C, H, W), K, s, G, M=M, dout=dout)
     dx = _empty_cl(dout, B, C, H, W)
     Cg = C // G
-    FAMILY.launch("atn_t", B * H * W, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), _win(K, dout.device), B, H, W, Cg,
-                  K * K, s, G, ZERO, grid_y=G * -(-Cg // kb.chunk_t(dout)))
+    items, gy = kb.atn_t_grid(dout, B * H * W, Cg, G)
+    FAMILY.launch("atn_t", items, _cl(M), _cl(dout), dx.permute(0, 2, 3, 1), _win(K, dout.device), B, H, W, Cg,
+                  K * K, s, G, ZERO, grid_y=gy)
     return dx
 
 

@@ -43,14 +43,14 @@ GPU_DEFINES: Defines = _defs(LANES=32, WARPS=4, VPT=8, VPT_T=8, NC=2)
 # AVX-512 blocking spilled there in every inner loop. count is built for AVX2 (valgrind), so it takes the AVX2
 # blocking. simt/asan-simt: 2 warps and 2 channels per lane so tiny shapes still have chunk tails. weak: exactly
 # the GPU's lane model.
-_FAST_AVX512 = _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4)
-_FAST_AVX2 = _defs(LANES=1, WARPS=1, VPT=32, VPT_T=64, NC=2)
+_FAST_AVX512 = _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4, T_SCATTER_BYTES=64)
+_FAST_AVX2 = _defs(LANES=1, WARPS=1, VPT=32, VPT_T=64, NC=2, T_SCATTER_BYTES=64)
 CPU_DEFINES: dict[str, Defines] = {
     "fast": _FAST_AVX512 if "avx512f" in _cpu_shim.cpu_flags() else _FAST_AVX2,
     "count": _FAST_AVX2,
     "simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),
     "weak": GPU_DEFINES,
-    "asan": _defs(LANES=1, WARPS=1, VPT=32, VPT_T=32, NC=2),
+    "asan": _defs(LANES=1, WARPS=1, VPT=32, VPT_T=32, NC=2, T_SCATTER_BYTES=64),
     "asan-simt": _defs(LANES=32, WARPS=2, VPT=2, VPT_T=2, NC=2),
     "race": GPU_DEFINES,
 }
@@ -63,10 +63,16 @@ def defines_for(device_type: str, variant: str | None = None) -> Defines:
     return (*d, ("UPB_DEBUG", 1)) if os.environ.get("UPBENCH_KERNEL_DEBUG") == "1" else d
 
 
-def chunk_t(t: Tensor) -> int:
-    """Channels per atn_t chunk of the build that runs ``t``'s device (atn_t's grid.y counts them)."""
+def atn_t_grid(t: Tensor, pixels: int, C: int, G: int, scatter: bool = True) -> tuple[int, int]:
+    """atn_t's launch shape (items, grid.y) for ``pixels`` low-res pixels and ``G`` groups of ``C`` channels of
+    ``t`` (the high-res input): a scatter over (group, part of the channels) items where the kernel and the build have it for
+    ``t``'s dtype (``UPB_T_SCATTER_BYTES``: CPU builds, fp32/fp64), else a gather over pixels × G × chunks of
+    the lane model."""
     d = dict(defines_for(t.device.type))
-    return d["UPB_LANES"] * d["UPB_VPT_T"]
+    if scatter and d.get("UPB_T_SCATTER_BYTES") and t.dtype in (torch.float32, torch.float64):
+        chunks = -(-C // max(1, d["UPB_T_SCATTER_BYTES"] // t.element_size()))
+        return G * min(chunks, max(1, torch.get_num_threads())), 1  # a part of the channels per thread
+    return pixels, G * -(-C // (d["UPB_LANES"] * d["UPB_VPT_T"]))
 
 
 # -- argument checks: one message per problem, naming the op --------------------------------------------

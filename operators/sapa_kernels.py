@@ -83,8 +83,8 @@ def atn_t_into(A: Tensor, g: Tensor, out: Tensor, K: int, s: int) -> Tensor:
     B, H, W, C = out.shape
     _check_hi(op, "A", A, out.shape, s, K * K)
     _check_hi(op, "g", g, out.shape, s, C)
-    FAMILY.launch("atn_t", B * H * W, A, g, out, _win(K, g.device), B, H, W, C, K * K, s, 1, ZERO,
-                  grid_y=-(-C // kb.chunk_t(g)))  # channel chunks on y
+    items, gy = kb.atn_t_grid(g, B * H * W, C, 1)
+    FAMILY.launch("atn_t", items, A, g, out, _win(K, g.device), B, H, W, C, K * K, s, 1, ZERO, grid_y=gy)
     return out
 
 

@@ -154,8 +154,9 @@ def atn_t_into(A: Tensor, g: Tensor, out: Tensor, offs: Sequence[int], border: i
     C = _split(op, "out", out, G)
     _check_hi(op, "A", A, out, s, G * M)
     _check_hi(op, "g", g, out, s, G * C)
-    FAMILY.launch("atn_t", B * H * W, A, g, out, _offsets(tuple(offs), g.device), B, H, W, C, M, s, G, border,
-                  grid_y=G * -(-C // kb.chunk_t(g)))
+    items, gy = kb.atn_t_grid(g, B * H * W, C, G)
+    FAMILY.launch("atn_t", items, A, g, out, _offsets(tuple(offs), g.device), B, H, W, C, M, s, G, border,
+                  grid_y=gy)
     return out
 
 
@@ -738,8 +739,8 @@ def band_atn_t_into(A: Tensor, g: Tensor, out: Tensor, tab: Tensor, Ku: int, Kv:
     C = _split(op, "out", out, G)
     _check_hi(op, "A", A, out, s, G * M)
     _check_hi(op, "g", g, out, s, G * C)
-    FAMILY.launch("band_atn_t", B * H * W, A, g, out, tab, B, H, W, C, M, Kv, s, G,
-                  grid_y=G * -(-C // kb.chunk_t(g)))
+    items, gy = kb.atn_t_grid(g, B * H * W, C, G, scatter=False)
+    FAMILY.launch("band_atn_t", items, A, g, out, tab, B, H, W, C, M, Kv, s, G, grid_y=gy)
     return out
 
 
