@@ -102,6 +102,14 @@ struct SlotRows {
 #endif
 };
 
+// Where a kernel's slot rows come from: a window of offsets around the parent (PlainWin) or a band's slot
+// grid at the parent's union corner (Band, window_band.cuh). sim, atn and the CPU atn_t scatter take either.
+struct PlainWin {
+  Win wn;
+  __device__ PlainWin(const i64* off, i64 M, i64 mode, i64 H, i64 W) : wn(off, M, mode, H, W) {}
+  __device__ __forceinline__ void rows(SlotRows& r, i64 b, i64 u, i64 v) const { r.set(wn, b, u, v); }
+};
+
 // Prefetch (CPU build) the width-element slices (row stride ld) of the s² children of (b, u, v): only this group's
 // channels, not whole rows (a whole-row prefetch fetched every group's channels of every child).
 template <typename T>
@@ -168,55 +176,50 @@ __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void sim_kernel(const T* __restrict__ q, const T* __restrict__ k, T* __restrict__ S,
-                                           const i64* off, i64 B, i64 H, i64 W, i64 D, i64 M, i64 s, i64 G, i64 mode,
-                                           i64 scale_bits) {
+template <typename T, typename WS>
+__device__ __forceinline__ void sim_body(const T* __restrict__ q, const T* __restrict__ k, T* __restrict__ S,
+                                         const WS& ws, const Geo& g, i64 B, i64 D, i64 G, i64 scale_bits) {
   typedef typename Acc<T>::type A;
-  const Geo g(H, W, 1, s);  // the window comes from Win; Geo gives the pixel walk and child indices
-  const Win wn(off, M, mode, H, W);
   const A scale = (A)bits_to_double(scale_bits);
   const int lane = threadIdx.x % UPB_LANES;
-  const i64 grp = blockIdx.y, ld = G * D, ldS = G * M;
+  const i64 grp = blockIdx.y, ld = G * D, M = ws.wn.M, ldS = G * M;
   if (grp >= G) return;
   q += grp * D, k += grp * D, S += grp * M;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, v = it.v;
     prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
     SlotRows rows;
-    rows.set(wn, b, u, v);
+    ws.rows(rows, b, u, v);
     win::child_groups(g, b, u, v, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* qr[NC];
       T* sr[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ld, sr[n] = S + px[n] * ldS;
-      sims<NC, true>(qr, k, sr, wn, rows, it.index(), D, ld, scale, lane);
+      sims<NC, true>(qr, k, sr, ws.wn, rows, it.index(), D, ld, scale, lane);
     });
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void atn_kernel(const T* __restrict__ Aw, const T* __restrict__ v, T* __restrict__ out,
-                                           const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G, i64 mode) {
+template <typename T, typename WS>
+__device__ __forceinline__ void atn_body(const T* __restrict__ Aw, const T* __restrict__ v, T* __restrict__ out,
+                                         const WS& ws, const Geo& g, i64 B, i64 C, i64 G) {
   typedef typename Acc<T>::type A;
-  const Geo g(H, W, 1, s);
-  const Win wn(off, M, mode, H, W);
   const int lane = threadIdx.x % UPB_LANES;
-  const i64 grp = blockIdx.y, ld = G * C, ldA = G * M;
+  const i64 grp = blockIdx.y, ld = G * C, M = ws.wn.M, ldA = G * M;
   if (grp >= G) return;
   Aw += grp * M, v += grp * C, out += grp * C;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, vv = it.v;
     SlotRows rows;
-    rows.set(wn, b, u, vv);
+    ws.rows(rows, b, u, vv);
     win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* ar[NC];
       T* orow[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) ar[n] = Aw + px[n] * ldA, orow[n] = out + px[n] * ld;
-      aggregate<NC>([&](int n, int m) { return (A)upb::ld(ar[n] + m); }, v, orow, wn, rows, C, ld, lane);
+      aggregate<NC>([&](int n, int m) { return (A)upb::ld(ar[n] + m); }, v, orow, ws.wn, rows, C, ld, lane);
     });
   }
 }
@@ -231,9 +234,10 @@ __device__ __forceinline__ void atn_kernel(const T* __restrict__ Aw, const T* __
 // Σ_n A[n, m]·g[n] over four children at a time into the row of every slot m. Each high-res row and weight row
 // is read once, in order; the rows of outputs being summed stay in cache. Deterministic: every output sums its
 // terms in (parent, child group, slot) order whatever the number of parts, and parts write disjoint channels.
-template <typename T>
+template <typename T, typename WS>
 __device__ __forceinline__ void atn_t_scatter(const T* __restrict__ Aw, const T* __restrict__ gr, T* __restrict__ out,
-                                              const Win& wn, const Geo& g, i64 B, i64 C, i64 G) {
+                                              const WS& ws, const Geo& g, i64 B, i64 C, i64 G) {
+  const Win& wn = ws.wn;
   typedef typename Vec<T>::type V;
   enum { N = Vec<T>::N, CW = UPB_T_SCATTER_BYTES / sizeof(T) > N ? UPB_T_SCATTER_BYTES / sizeof(T) : N };
   const i64 parts = gridDim.x / G > 0 ? gridDim.x / G : 1, grp = blockIdx.x / parts, part = blockIdx.x % parts;
@@ -249,7 +253,7 @@ __device__ __forceinline__ void atn_t_scatter(const T* __restrict__ Aw, const T*
   for (i64 b = 0; b < B; ++b)
     for (i64 u = 0; u < g.H; ++u)
       for (i64 v = 0; v < g.W; ++v) {
-        rows.set(wn, b, u, v);
+        ws.rows(rows, b, u, v);
         for (int c = 0; c < n2; c += 4) {
           const int nc = n2 - c < 4 ? n2 - c : 4;
           const T* a[4];
@@ -286,11 +290,13 @@ __device__ __forceinline__ void atn_t_scatter(const T* __restrict__ Aw, const T*
 
 // atn_t_scatter for T = its accumulation type, else nothing (false): 16-bit outputs cannot hold fp32 sums.
 template <typename T, typename A> struct Scatter {
-  __device__ static bool run(const T*, const T*, T*, const Win&, const Geo&, i64, i64, i64) { return false; }
+  template <typename WS>
+  __device__ static bool run(const T*, const T*, T*, const WS&, const Geo&, i64, i64, i64) { return false; }
 };
 template <typename T> struct Scatter<T, T> {
-  __device__ static bool run(const T* Aw, const T* gr, T* out, const Win& wn, const Geo& g, i64 B, i64 C, i64 G) {
-    atn_t_scatter<T>(Aw, gr, out, wn, g, B, C, G);
+  template <typename WS>
+  __device__ static bool run(const T* Aw, const T* gr, T* out, const WS& ws, const Geo& g, i64 B, i64 C, i64 G) {
+    atn_t_scatter<T>(Aw, gr, out, ws, g, B, C, G);
     return true;
   }
 };
@@ -303,10 +309,11 @@ __device__ __forceinline__ void atn_t_kernel(const T* __restrict__ Aw, const T* 
                                              i64 mode) {
   typedef typename Acc<T>::type A;
   const Geo g(H, W, 1, s);
-  const Win wn(off, M, mode, H, W);
+  const PlainWin pw(off, M, mode, H, W);
+  const Win& wn = pw.wn;
   const int lane = threadIdx.x % UPB_LANES;
 #if UPB_CPU_VEC && UPB_T_SCATTER_BYTES
-  if (Scatter<T, A>::run(Aw, gr, out, wn, g, B, C, G)) return;
+  if (Scatter<T, A>::run(Aw, gr, out, pw, g, B, C, G)) return;
 #endif
   const win::TChunk tc(C);
   const i64 CH = tc.CH, ld = G * C, ldA = G * M;
@@ -462,11 +469,12 @@ using upb::i64;
   UPB_ENTRY(window_attn_sim_##SUF,                                                                                  \
             (const T* q, const T* k, T* S, const i64* off, i64 B, i64 H, i64 W, i64 D, i64 M, i64 s, i64 G, i64 mode, \
              i64 scale),                                                                                            \
-            upb::wa::sim_kernel<T>(q, k, S, off, B, H, W, D, M, s, G, mode, scale))                                 \
+            upb::wa::sim_body<T>(q, k, S, upb::wa::PlainWin(off, M, mode, H, W), upb::win::Geo(H, W, 1, s), B, D, G,  \
+                                 scale))                                                                            \
   UPB_ENTRY(window_attn_atn_##SUF,                                                                                  \
             (const T* A, const T* v, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,       \
              i64 mode),                                                                                             \
-            upb::wa::atn_kernel<T>(A, v, out, off, B, H, W, C, M, s, G, mode))                                      \
+            upb::wa::atn_body<T>(A, v, out, upb::wa::PlainWin(off, M, mode, H, W), upb::win::Geo(H, W, 1, s), B, C, G)) \
   UPB_ENTRY(window_attn_atn_t_##SUF,                                                                                \
             (const T* A, const T* g, T* out, const i64* off, i64 B, i64 H, i64 W, i64 C, i64 M, i64 s, i64 G,       \
              i64 mode),                                                                                             \

@@ -5,8 +5,8 @@
 // softmax: logit −inf, weight 0), unlike the zero rule's off-map slot that keeps a 0 logit (AnyUp's window, a
 // fraction of the map around the query's position, operators/anyup.py). The s² children of a parent (p, q) share
 // the UNION of their bands: a Ku×Kv slot grid starting at (U0[p], V0[q]), slot m = a·Kv + b at (U0[p]+a, V0[q]+b);
-// so the wa:: helpers run unchanged on a zero-rule Win over the grid offsets {(a, b)} with the parent's slot rows
-// set at the union's corner. A child's mask is its band relative to that corner. Slots past the map are off every
+// so the wa:: helpers, and the sim/atn bodies and the CPU atn_t scatter themselves, run unchanged on a zero-rule
+// Win over the grid offsets {(a, b)} with the parent's slot rows set at the union's corner (Band::rows). A child's mask is its band relative to that corner. Slots past the map are off every
 // child's band (bands lie in the map): masked, and the zero rule skips their rows.
 //
 // One int64 table (built by window_attn_kernels.Band) holds, in order:
@@ -43,60 +43,6 @@ struct Band {
   __device__ __forceinline__ void rows(SlotRows& r, i64 b, i64 u, i64 v) const { r.set(wn, b, u0[u], v0[v]); }
 };
 
-template <typename T>
-__device__ __forceinline__ void band_sim_kernel(const T* __restrict__ q, const T* __restrict__ k, T* __restrict__ S,
-                                                const i64* tab, i64 B, i64 H, i64 W, i64 D, i64 M, i64 Kv, i64 s,
-                                                i64 G, i64 scale_bits) {
-  typedef typename Acc<T>::type A;
-  const Geo g(H, W, 1, s);
-  const Band bd(tab, M, Kv, H, W, s);
-  const A scale = (A)bits_to_double(scale_bits);
-  const int lane = threadIdx.x % UPB_LANES;
-  const i64 grp = blockIdx.y, ld = G * D, ldS = G * M;
-  if (grp >= G) return;
-  q += grp * D, k += grp * D, S += grp * M;
-  for (Pixels it(g, B); it.ok(); it.next()) {
-    const i64 b = it.b, u = it.u, v = it.v;
-    prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
-    SlotRows rows;
-    bd.rows(rows, b, u, v);
-    win::child_groups(g, b, u, v, [&](auto nc, const auto& px) {
-      constexpr int NC = decltype(nc)::value;
-      const T* qr[NC];
-      T* sr[NC];
-#pragma unroll
-      for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ld, sr[n] = S + px[n] * ldS;
-      sims<NC, true>(qr, k, sr, bd.wn, rows, it.index(), D, ld, scale, lane);
-    });
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void band_atn_kernel(const T* __restrict__ Aw, const T* __restrict__ v, T* __restrict__ out,
-                                                const i64* tab, i64 B, i64 H, i64 W, i64 C, i64 M, i64 Kv, i64 s,
-                                                i64 G) {
-  typedef typename Acc<T>::type A;
-  const Geo g(H, W, 1, s);
-  const Band bd(tab, M, Kv, H, W, s);
-  const int lane = threadIdx.x % UPB_LANES;
-  const i64 grp = blockIdx.y, ld = G * C, ldA = G * M;
-  if (grp >= G) return;
-  Aw += grp * M, v += grp * C, out += grp * C;
-  for (Pixels it(g, B); it.ok(); it.next()) {
-    const i64 b = it.b, u = it.u, vv = it.v;
-    SlotRows rows;
-    bd.rows(rows, b, u, vv);
-    win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
-      constexpr int NC = decltype(nc)::value;
-      const T* ar[NC];
-      T* orow[NC];
-#pragma unroll
-      for (int n = 0; n < NC; ++n) ar[n] = Aw + px[n] * ldA, orow[n] = out + px[n] * ld;
-      aggregate<NC>([&](int n, int m) { return (A)upb::ld(ar[n] + m); }, v, orow, bd.wn, rows, C, ld, lane);
-    });
-  }
-}
-
 // Gather form of band_atn's transpose; grid.y as win::TChunk says. Low-res (u, v) is
 // slot (a, b) of the parents whose union starts at (u − a, v − b): one range per axis (UR, VR; clamped to the
 // map, so a malformed table cannot index past it). Fixed order: deterministic.
@@ -107,6 +53,9 @@ __device__ __forceinline__ void band_atn_t_kernel(const T* __restrict__ Aw, cons
   typedef typename Acc<T>::type A;
   const Geo g(H, W, 1, s);
   const Band bd(tab, M, Kv, H, W, s);
+#if UPB_CPU_VEC && UPB_T_SCATTER_BYTES
+  if (Scatter<T, A>::run(Aw, gr, out, bd, g, B, C, G)) return;  // the CPU build's scatter (window_attn.cu)
+#endif
   const int lane = threadIdx.x % UPB_LANES;
   const win::TChunk tc(C);
   const i64 ld = G * C, ldA = G * M;
@@ -225,11 +174,12 @@ __device__ __forceinline__ void band_fused_mean_kernel(const T* __restrict__ q, 
   UPB_ENTRY(window_attn_band_sim_##SUF,                                                                            \
             (const T* q, const T* k, T* S, const i64* tab, i64 B, i64 H, i64 W, i64 D, i64 M, i64 Kv, i64 s, i64 G, \
              i64 scale),                                                                                           \
-            upb::wa::band_sim_kernel<T>(q, k, S, tab, B, H, W, D, M, Kv, s, G, scale))                             \
+            upb::wa::sim_body<T>(q, k, S, upb::wa::Band(tab, M, Kv, H, W, s), upb::win::Geo(H, W, 1, s), B, D, G,     \
+                                 scale))                                                                            \
   UPB_ENTRY(window_attn_band_atn_##SUF,                                                                            \
             (const T* A, const T* v, T* out, const i64* tab, i64 B, i64 H, i64 W, i64 C, i64 M, i64 Kv, i64 s,     \
              i64 G),                                                                                               \
-            upb::wa::band_atn_kernel<T>(A, v, out, tab, B, H, W, C, M, Kv, s, G))                                  \
+            upb::wa::atn_body<T>(A, v, out, upb::wa::Band(tab, M, Kv, H, W, s), upb::win::Geo(H, W, 1, s), B, C, G))  \
   UPB_ENTRY(window_attn_band_atn_t_##SUF,                                                                          \
             (const T* A, const T* g, T* out, const i64* tab, i64 B, i64 H, i64 W, i64 C, i64 M, i64 Kv, i64 s,     \
              i64 G),                                                                                               \

@@ -63,13 +63,13 @@ def defines_for(device_type: str, variant: str | None = None) -> Defines:
     return (*d, ("UPB_DEBUG", 1)) if os.environ.get("UPBENCH_KERNEL_DEBUG") == "1" else d
 
 
-def atn_t_grid(t: Tensor, pixels: int, C: int, G: int, scatter: bool = True) -> tuple[int, int]:
+def atn_t_grid(t: Tensor, pixels: int, C: int, G: int) -> tuple[int, int]:
     """atn_t's launch shape (items, grid.y) for ``pixels`` low-res pixels and ``G`` groups of ``C`` channels of
-    ``t`` (the high-res input): a scatter over (group, part of the channels) items where the kernel and the build have it for
+    ``t`` (the high-res input): a scatter over (group, part of the channels) items where the build has it for
     ``t``'s dtype (``UPB_T_SCATTER_BYTES``: CPU builds, fp32/fp64), else a gather over pixels × G × chunks of
-    the lane model."""
+    the lane model. atn_t and band_atn_t alike."""
     d = dict(defines_for(t.device.type))
-    if scatter and d.get("UPB_T_SCATTER_BYTES") and t.dtype in (torch.float32, torch.float64):
+    if d.get("UPB_T_SCATTER_BYTES") and t.dtype in (torch.float32, torch.float64):
         chunks = -(-C // max(1, d["UPB_T_SCATTER_BYTES"] // t.element_size()))
         return G * min(chunks, max(1, torch.get_num_threads())), 1  # a part of the channels per thread
     return pixels, G * -(-C // (d["UPB_LANES"] * d["UPB_VPT_T"]))

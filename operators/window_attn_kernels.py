@@ -739,7 +739,7 @@ def band_atn_t_into(A: Tensor, g: Tensor, out: Tensor, tab: Tensor, Ku: int, Kv:
     C = _split(op, "out", out, G)
     _check_hi(op, "A", A, out, s, G * M)
     _check_hi(op, "g", g, out, s, G * C)
-    items, gy = kb.atn_t_grid(g, B * H * W, C, G, scatter=False)
+    items, gy = kb.atn_t_grid(g, B * H * W, C, G)
     FAMILY.launch("band_atn_t", items, A, g, out, tab, B, H, W, C, M, Kv, s, G, grid_y=gy)
     return out
 
