@@ -135,12 +135,13 @@ def test_custom_ops_pass_opcheck():
 
 
 def test_backward_gather_is_deterministic_across_thread_counts():
+    # C = 66: five 64-byte chunks, so the CPU build's fp32 scatter splits them into 1, 2 and 3 parts (one per thread)
     win, B, H, W, D, C, s, G = CASES[5]
     _, _, v, gout, A, _ = _inputs(CASES[5], torch.float32)
     n = torch.get_num_threads()
     try:
         outs = []
-        for threads in (1, 2, 1):
+        for threads in (1, 2, 3, 1):
             torch.set_num_threads(threads)
             outs.append(wk.atn_t_into(A, gout, _nan(v), win.flat, win.code, s, G))
     finally:
