@@ -6,9 +6,11 @@ between synchronisation points, shuffles that publish nothing, poisoned shared m
 order (kernels/cpu_shim.h). Every kernel must agree with its float64 reference there, under two seeds.
 
 Mutants are generated from the sources: for every barrier call found in kernels/ (kernel_binding.
-barrier_sites), a copy of kernels/ with that one call removed, plus one with all of them removed. Each is
-built and checked in its own process (a race or deadlock report aborts the process), all in one parallel
-batch; every mutant must fail. The table of mutants and how each was caught is printed (pytest -s).
+barrier_sites), a copy of kernels/ with that one call removed (and only the f32 entries, which the checks use),
+plus one with all of them removed. Each is built and checked in its own process, forked from a server per
+variant that imported torch once (a race or deadlock report aborts the process), all in one parallel batch; a
+mutant in window_tiled.cuh or window_band.cuh runs that header's kernels, any other every kernel. Every mutant
+must fail. The table of mutants and how each was caught is printed (pytest -s).
 """
 
 from __future__ import annotations
@@ -279,10 +281,11 @@ def _mutants(tmp: Path) -> list[tuple[str, Path, list[str]]]:
     return out
 
 
-def test_weak_memory_mode_runs_every_kernel_and_barrier_mutants_fail(tmp_path, capsys):
+def test_weak_memory_mode_runs_every_kernel_and_barrier_mutants_fail(tmp_path, capsys, request):
     # Build first, here: a compile error shows as itself, and the subprocesses find the cached builds. The fork
     # servers import meanwhile; the builds run side by side (two g++ processes).
     servers = {v: _server(v, tmp_path) for v in VARIANTS}
+    request.addfinalizer(lambda: [srv.kill() for srv in servers.values() if srv.poll() is None])  # on a failure
     with ThreadPoolExecutor(len(VARIANTS) * len(FAMILIES)) as pool:
         for lib in [pool.submit(_cpu_shim.build, fam, v, kb.CPU_DEFINES[v]) for v in VARIANTS for fam in FAMILIES]:
             lib.result()
