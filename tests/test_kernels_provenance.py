@@ -61,6 +61,12 @@ def package_copy(tmp_path_factory) -> Path:
     return copy
 
 
+@pytest.fixture(scope="module")
+def unedited(package_copy) -> dict[str, str]:
+    """The copy's hashes before any edit (each test restores the file it edits), computed once."""
+    return _hashes(package_copy)
+
+
 def test_kernel_sources_are_the_include_closure_and_bindings():
     names = {Path(p).name for p in kb.kernel_sources("window_attn", "cpu")}
     assert {"window_attn.cu", "window.cuh", "window_band.cuh", "window_tiled.cuh", "upb_common.cuh", "cpu_shim.h",
@@ -77,8 +83,9 @@ def test_kernel_sources_are_the_include_closure_and_bindings():
     ("operators/carafe_kernels.py", CARAFE),
     ("operators/window_attn_kernels.py", ALL),
 ], ids=lambda v: v if isinstance(v, str) else "")
-def test_editing_a_binding_changes_the_hashes_of_the_impls_that_launch_through_it(package_copy, binding, changed):
-    before = _hashes(package_copy)
+def test_editing_a_binding_changes_the_hashes_of_the_impls_that_launch_through_it(package_copy, unedited, binding,
+                                                                                   changed):
+    before = unedited
     path = package_copy / binding
     original = path.read_bytes()
     try:
@@ -96,8 +103,9 @@ def test_editing_a_binding_changes_the_hashes_of_the_impls_that_launch_through_i
     ("kernels/window.cuh", ALL),
     ("kernels/cpu_shim.h", {k for k in ALL if "cpu-kernel" in k}),
 ], ids=lambda v: v if isinstance(v, str) else "")
-def test_editing_a_kernel_file_changes_exactly_the_hashes_of_the_impls_that_compile_it(package_copy, edit, changed):
-    before = _hashes(package_copy)
+def test_editing_a_kernel_file_changes_exactly_the_hashes_of_the_impls_that_compile_it(package_copy, unedited, edit,
+                                                                                       changed):
+    before = unedited
     path = package_copy / edit
     original = path.read_bytes()
     try:

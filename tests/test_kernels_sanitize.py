@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -123,8 +124,10 @@ def _skip_reason() -> str | None:
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 def test_kernels_run_clean_under_asan_and_ubsan():
-    for variant in ("asan", "asan-simt"):  # build here, so a compile error shows as itself
-        _cpu_shim.build("window_attn", variant, CPU_DEFINES[variant])  # (outside the subprocess's timeout)
+    # build here, so a compile error shows as itself (outside the subprocess's timeout); side by side: two g++
+    with ThreadPoolExecutor(2) as pool:
+        for lib in [pool.submit(_cpu_shim.build, "window_attn", v, CPU_DEFINES[v]) for v in ("asan", "asan-simt")]:
+            lib.result()
     env = dict(os.environ, LD_PRELOAD=_cpu_shim.sanitizer_runtime() or "",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     # 900 s: at a load average of 70–170 on 2 cores the driver took 565 s

@@ -8,6 +8,9 @@ build (one-lane warps, vectorised) is what cpu-kernel uses; the ``simt`` build r
 
 from __future__ import annotations
 
+import ctypes
+import shutil
+
 import pytest
 import torch
 
@@ -160,9 +163,16 @@ def test_backward_gather_is_deterministic_across_thread_counts():
 
 
 def test_build_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path))
+    # The cache knows no family: a one-function family beside the shim header builds in a second, where a fresh
+    # window_attn build would take a minute (the tests above build the package's simt variant).
+    monkeypatch.setenv("UPBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    kdir = tmp_path / "kernels"
+    kdir.mkdir()
+    shutil.copy(_cpu_shim.kernel_dir() / _cpu_shim.SHIM_HEADER, kdir)
+    (kdir / "probe.cu").write_text('extern "C" int probe() { return 42; }\n')
     defs = CPU_DEFINES["simt"]
-    lib = _cpu_shim.build("window_attn", "simt", defs)
+    lib = _cpu_shim.build("probe", "simt", defs, kdir)
     stamp = lib.stat().st_mtime_ns
-    assert _cpu_shim.build("window_attn", "simt", defs) == lib and lib.stat().st_mtime_ns == stamp
-    assert lib.parent.parent == tmp_path / "cpu-kernels" and not list(lib.parent.glob("tmp*"))
+    assert _cpu_shim.build("probe", "simt", defs, kdir) == lib and lib.stat().st_mtime_ns == stamp
+    assert lib.parent.parent == tmp_path / "cache" / "cpu-kernels" and not list(lib.parent.glob("tmp*"))
+    assert ctypes.CDLL(str(lib)).probe() == 42
