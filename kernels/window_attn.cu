@@ -237,6 +237,7 @@ __device__ __forceinline__ void atn_body(const T* __restrict__ Aw, const T* __re
 template <typename T, typename WS>
 __device__ __forceinline__ void atn_t_scatter(const T* __restrict__ Aw, const T* __restrict__ gr, T* __restrict__ out,
                                               const WS& ws, const Geo& g, i64 B, i64 C, i64 G) {
+  static_assert(UPB_WARPS == 1, "the scatter's items are blocks: grid.x = G × parts, one item a block");
   const Win& wn = ws.wn;
   typedef typename Vec<T>::type V;
   enum { N = Vec<T>::N, CW = UPB_T_SCATTER_BYTES / sizeof(T) > N ? UPB_T_SCATTER_BYTES / sizeof(T) : N };
