@@ -12,6 +12,11 @@ formulas (FlopCounterMode), minimum bytes: goal 1 reads L and v and writes out; 
 grad-out and writes dq, dk, dv. Each floor is given twice: with ``upbench.ceilings`` (the kept probe) and
 with the best torch.mm GFLOP/s measured here at n = 2048 on the same threads.
 
+This VM's clock is not steady: torch.mm at n = 1024 measured 46–79 GFLOP/s over 20 consecutive calls on an
+idle machine. So every kernel call is paired with a matmul (n = 1024) just before it, and the ``paired`` figure is
+the median over calls of (kernel time / the floor at that call's matmul rate): kernel and ceiling taken at the
+same moment. All three cases' floors are compute floors, so only the matmul ceiling is paired.
+
 Times are medians of ``--reps`` calls, in two forms: ``into`` (preallocated outputs, the kernel alone; goal 2:
 glibc kept in its ``warm`` mode so the gradients' pages are reused, see upbench/alloc.py) and ``plain`` (a
 plain call: fresh outputs, first-touch page faults included). Usage:
@@ -117,6 +122,7 @@ def kernel_parts() -> dict[str, tuple[Callable[[], object], int]]:
     k, v = torch.randn(*lo, C, generator=g), torch.randn(*lo, C, generator=g)
     A = torch.randn(*hi, K * K, generator=g).softmax(-1)
     Sm, out_hi, out_lo = torch.empty(*hi, K * K), torch.empty(*hi, C), torch.empty(*lo, C)
+    A5, dA5 = A.view(*hi, 1, K * K), torch.randn(*hi, 1, K * K, generator=g)
     w = (WIN.flat, WIN.code, S, 1)
     mac = B * (H * S) ** 2 * K * K * C
     return {
@@ -124,23 +130,38 @@ def kernel_parts() -> dict[str, tuple[Callable[[], object], int]]:
         "atn(A, v)": (lambda: wk.atn_into(A, v, out_hi, *w), 2 * mac),
         "atn_t(A, dout)": (lambda: wk.atn_t_into(A, dout, out_lo, *w), 2 * mac),
         "fused(q, k, v)": (lambda: wk.fused_into(q, k, v, out_hi, *w, SCALE), 4 * mac),
-        "torch softmax fwd": (lambda: A.softmax(-1), 0),
-        "torch softmax bwd": (lambda: torch._softmax_backward_data(Sm, A, -1, A.dtype), 0),
+        # as attention() calls them: over a (B, OH, OW, G, M) view (torch took 2.6× longer on the 4-d tensor)
+        "torch softmax fwd": (lambda: A5.softmax(-1), 0),
+        "torch softmax bwd": (lambda: torch._softmax_backward_data(dA5, A5, -1, A.dtype), 0),
     }
 
 
+PAIR_N = 1024  # the matmul timed just before each kernel call
+
+
 def timed(fn: Callable[[], object], dirs: list[tuple[str, Path | None]], warm_alloc: bool,
-          reps: int) -> dict[str, list[float]]:
-    """Samples per kernel directory, the directories interleaved call by call after one warm-up call each."""
+          reps: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(kernel samples, matmul GFLOP/s just before each) per kernel directory, the directories interleaved call
+    by call after one warm-up call each."""
     samples: dict[str, list[float]] = {tag: [] for tag, _ in dirs}
+    rates: dict[str, list[float]] = {tag: [] for tag, _ in dirs}
+    a, b = torch.randn(PAIR_N, PAIR_N), torch.randn(PAIR_N, PAIR_N)
     with allocation_mode("warm" if warm_alloc else "fresh"):
         for r in range(reps + 1):
             for tag, kdir in dirs:
+                mm = _t(lambda: a @ b)
                 with _cpu_shim.use_variant("fast", kdir):
                     t = _t(fn)
                 if r:
                     samples[tag].append(t)
-    return samples
+                    rates[tag].append(2 * PAIR_N**3 / mm / 1e9)
+    return samples, rates
+
+
+def paired_ratio(samples: list[float], rates: list[float], flops: int, nbytes: int, copy_gbps: float) -> float:
+    """Median over calls of kernel time / the floor at the matmul rate measured just before that call."""
+    floors = (max(flops / (g * 1e9), nbytes / (copy_gbps * 1e9)) for g in rates)
+    return statistics.median(t / fl for t, fl in zip(samples, floors, strict=True))
 
 
 def main() -> None:
@@ -186,20 +207,23 @@ def main() -> None:
               f"ceilings), {floor_m * 1e3:.2f} ms (measured mm)")
         for mode in ("into", "plain"):
             warm = bool(case.get("warm_alloc")) and mode == "into"
-            samples = timed(case[mode], dirs, warm, args.reps)
+            samples, rates = timed(case[mode], dirs, warm, args.reps)
             for tag, _ in dirs:
                 med = statistics.median(samples[tag])
                 label = "into (prealloc/warm)" if mode == "into" else "plain (fresh outputs)"
+                paired = paired_ratio(samples[tag], rates[tag], f, nb, ceil["copy_GBps"])
                 print(f"  {tag} {label:22s} median {med * 1e3:7.2f} ms  best {min(samples[tag]) * 1e3:7.2f} ms  "
-                      f"= {med / floor_p:.2f}× probed floor, {med / floor_m:.2f}× measured-mm floor; "
-                      f"{f / med / 1e9:.0f} GFLOP/s")
+                      f"= {med / floor_p:.2f}× probed floor, {med / floor_m:.2f}× measured-mm floor, "
+                      f"{paired:.2f}× paired floor (mm {statistics.median(rates[tag]):.0f} GFLOP/s, "
+                      f"{min(rates[tag]):.0f}–{max(rates[tag]):.0f}); {f / med / 1e9:.0f} GFLOP/s")
     if args.parts:
         print("\nparts (preallocated outputs):")
         for name, (fn, f) in kernel_parts().items():
-            samples = timed(fn, dirs, False, args.reps)
+            samples, rates = timed(fn, dirs, False, args.reps)
             for tag, _ in dirs:
                 med = statistics.median(samples[tag])
-                rate = f"  {f / med / 1e9:.0f} GFLOP/s" if f else ""
+                paired = paired_ratio(samples[tag], rates[tag], f, 0, 1.0) if f else 0.0
+                rate = f"  {f / med / 1e9:.0f} GFLOP/s = {paired:.2f}× its paired compute floor" if f else ""
                 print(f"  {tag} {name:18s} median {med * 1e3:7.2f} ms{rate}")
     print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.report:

@@ -354,9 +354,11 @@ template <typename T, typename A, int NC, int VPT = UPB_VPT> struct Regs {
   }
 };
 
-// out[n][j] = <x[n], y[j]> over D channels, for NC rows x and four rows y.
-template <int NC, typename T, typename A>
+// out[n][j] = <x[n], y[j]> over D channels, for NC rows x and NY ≤ 4 rows y (out[n][j ≥ NY] = 0: a window's last
+// group of slots computes no products for the slots it lacks).
+template <int NC, int NY = 4, typename T, typename A>
 inline void dots(const T* const* x, const T* const* y, i64 D, int, A (*out)[4]) {
+  static_assert(NY >= 1 && NY <= 4, "dots takes one to four rows y");
   typedef typename Vec<A>::type V;
   const int N = Vec<A>::N;
   V s[NC][4];
@@ -364,27 +366,29 @@ inline void dots(const T* const* x, const T* const* y, i64 D, int, A (*out)[4]) 
     for (int j = 0; j < 4; ++j) s[n][j] = V{};
   i64 c = 0;
   for (; c + N <= D; c += N) {
-    V y0 = vld(y[0] + c), y1 = vld(y[1] + c), y2 = vld(y[2] + c), y3 = vld(y[3] + c);
+    V y0 = vld(y[0] + c), y1 = NY > 1 ? vld(y[1] + c) : V{}, y2 = NY > 2 ? vld(y[2] + c) : V{},
+      y3 = NY > 3 ? vld(y[3] + c) : V{};
     // Pin the loaded rows in registers: otherwise GCC folds them into each FMA as a memory operand, which
     // doubles the loads and makes the loop load-bound.
     UPB_PIN(y0);
-    UPB_PIN(y1);
-    UPB_PIN(y2);
-    UPB_PIN(y3);
+    if (NY > 1) UPB_PIN(y1);
+    if (NY > 2) UPB_PIN(y2);
+    if (NY > 3) UPB_PIN(y3);
     for (int n = 0; n < NC; ++n) {
       V xv = vld(x[n] + c);
       UPB_PIN(xv);
-      s[n][0] += xv * y0, s[n][1] += xv * y1, s[n][2] += xv * y2, s[n][3] += xv * y3;
+      s[n][0] += xv * y0;
+      if (NY > 1) s[n][1] += xv * y1;
+      if (NY > 2) s[n][2] += xv * y2;
+      if (NY > 3) s[n][3] += xv * y3;
     }
   }
   for (int n = 0; n < NC; ++n) hsum4(s[n][0], s[n][1], s[n][2], s[n][3], out[n]);
-  for (; c < D; ++c) {
-    const A y0 = ld(y[0] + c), y1 = ld(y[1] + c), y2 = ld(y[2] + c), y3 = ld(y[3] + c);
-    for (int n = 0; n < NC; ++n) {
-      const A xs = ld(x[n] + c);
-      out[n][0] += xs * y0, out[n][1] += xs * y1, out[n][2] += xs * y2, out[n][3] += xs * y3;
+  for (; c < D; ++c)
+    for (int j = 0; j < NY; ++j) {
+      const A yj = ld(y[j] + c);
+      for (int n = 0; n < NC; ++n) out[n][j] += ld(x[n] + c) * yj;
     }
-  }
 }
 
 #else
@@ -419,20 +423,25 @@ template <typename T, typename A, int NC, int VPT = UPB_VPT> struct Regs {
   }
 };
 
-// Per-lane partial dot products over the lane's channels (c = lane, lane + UPB_LANES, …).
-template <int NC, typename T, typename A>
+// Per-lane partial dot products over the lane's channels (c = lane, lane + UPB_LANES, …); rows y[j ≥ NY] are
+// not read and give 0.
+template <int NC, int NY = 4, typename T, typename A>
 __device__ __forceinline__ void dots(const T* const* x, const T* const* y, i64 D, int lane, A (*out)[4]) {
+  static_assert(NY >= 1 && NY <= 4, "dots takes one to four rows y");
   A s[NC][4];
 #pragma unroll
   for (int n = 0; n < NC; ++n)
 #pragma unroll
     for (int j = 0; j < 4; ++j) s[n][j] = A(0);
   for (i64 c = lane; c < D; c += UPB_LANES) {
-    const A y0 = ld(y[0] + c), y1 = ld(y[1] + c), y2 = ld(y[2] + c), y3 = ld(y[3] + c);
+    A yv[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) yv[j] = j < NY ? A(ld(y[j] + c)) : A(0);
 #pragma unroll
     for (int n = 0; n < NC; ++n) {
       const A xs = ld(x[n] + c);
-      s[n][0] += xs * y0, s[n][1] += xs * y1, s[n][2] += xs * y2, s[n][3] += xs * y3;
+#pragma unroll
+      for (int j = 0; j < NY; ++j) s[n][j] += xs * yv[j];
     }
   }
 #pragma unroll
