@@ -44,6 +44,14 @@
 #define UPB_DEVICE_CHECK(cond, what) ((void)0)
 #endif
 
+// A lambda the CPU compiler must inline (GCC otherwise called sims' per-group lambda from the fused kernels: 5 %
+// slower); nvcc inlines device lambdas itself.
+#if defined(__CUDACC__)
+#define UPB_LAMBDA_INLINE
+#else
+#define UPB_LAMBDA_INLINE __attribute__((always_inline))
+#endif
+
 #if defined(__CUDACC__)
 #define UPB_SIMD
 #define UPB_SIMD_RED(...)

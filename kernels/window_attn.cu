@@ -151,29 +151,19 @@ __device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, 
 template <int NC, bool SCALED, typename T, typename O, typename A>
 __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__ k, O* const* out, const Win& wn,
                                      const SlotRows& rows, i64 centre, i64 D, i64 ldk, A scale, int lane) {
-  for (int m0 = 0; m0 < wn.M; m0 += 4) {
+  // slots m0 … m0 + NY − 1 (NY ≤ 4; past M: computed on the centre row, not stored)
+  auto group = [&](int m0, auto ny) UPB_LAMBDA_INLINE {
+    constexpr int NY = decltype(ny)::value;
     unsigned off_map = 0;  // bit j: slot m0 + j is off the map or past M (a bit mask, not four row indices:
     const T* ks[4];        // the fp64 fused kernel spilled with those)
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const i64 r = m0 + j < wn.M ? rows(m0 + j) : -1;
+      const i64 r = j < NY && m0 + j < wn.M ? rows(m0 + j) : -1;
       off_map |= (unsigned)(r < 0) << j;
       ks[j] = k + (r < 0 ? centre : r) * ldk;
     }
     A t[NC][4];
-#if UPB_LANES == 1
-    // the last group of a window whose M is not a multiple of 4 (25 = 6·4 + 1) computes only its slots: the
-    // products of three absent slots were 11 % of sim's FMAs at K = 5 (a GPU warp's lanes split the channels,
-    // so it keeps the uniform four)
-    switch (wn.M - m0) {
-      case 1: dots<NC, 1>(qrow, ks, D, lane, t); break;
-      case 2: dots<NC, 2>(qrow, ks, D, lane, t); break;
-      case 3: dots<NC, 3>(qrow, ks, D, lane, t); break;
-      default: dots<NC, 4>(qrow, ks, D, lane, t);
-    }
-#else
-    dots<NC>(qrow, ks, D, lane, t);
-#endif
+    dots<NC, NY>(qrow, ks, D, lane, t);
 #if UPB_LANES > 1
     const int j = (lane >> 3) & 3;
 #pragma unroll
@@ -183,9 +173,24 @@ __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__
     }
 #else
     for (int n = 0; n < NC; ++n)
-      for (int j = 0; j < 4 && m0 + j < wn.M; ++j) st(out[n] + m0 + j, (off_map >> j) & 1 ? A(0) : SCALED ? t[n][j] * scale : t[n][j]);
+      for (int j = 0; j < NY && m0 + j < wn.M; ++j)
+        st(out[n] + m0 + j, (off_map >> j) & 1 ? A(0) : SCALED ? t[n][j] * scale : t[n][j]);
 #endif
+  };
+#if UPB_LANES == 1
+  // CPU: whole groups of four, then a last group of only the slots left (25 = 6·4 + 1: three absent slots'
+  // products were 11 % of sim's FMAs at K = 5). A GPU warp's lanes split the channels: it keeps groups of four.
+  int m0 = 0;
+  for (; m0 + 4 <= wn.M; m0 += 4) group(m0, Int<4>());
+  switch (wn.M - m0) {
+    case 1: group(m0, Int<1>()); break;
+    case 2: group(m0, Int<2>()); break;
+    case 3: group(m0, Int<3>()); break;
+    default: break;
   }
+#else
+  for (int m0 = 0; m0 < wn.M; m0 += 4) group(m0, Int<4>());
+#endif
 }
 
 template <typename T, typename WS>
