@@ -62,6 +62,17 @@ inline thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 
 #if UPB_LANES == 1
 
+#include <vector>
+
+// A per-thread host buffer of at least n elements, kept (grown only) across calls: CPU fast-build kernels that
+// pack rows into contiguous scratch (window_attn.cu, fused_packed).
+template <typename T>
+T* upb_host_scratch(long long n) {
+  static thread_local std::vector<T> buf;
+  if ((long long)buf.size() < n) buf.resize((size_t)n);
+  return buf.data();
+}
+
 template <class F>
 void upb_launch(const long long* cfg, F&& body) {
   const dim3 g{(unsigned)cfg[0], (unsigned)cfg[1], (unsigned)cfg[2]};

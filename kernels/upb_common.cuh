@@ -362,6 +362,74 @@ template <typename T, typename A, int NC, int VPT = UPB_VPT> struct Regs {
   }
 };
 
+// A register tile of a small GEMM (the CPU packed path, window_attn.cu fused_packed): acc[n][i] = Σ_t a[n][t] ·
+// brow(t)[i·N …] for NR rows a (each term broadcast) and NV vectors of the row brow(t), over kt terms; then
+// store(n, i, acc). 4 × 3 takes 12 of AVX2's 16 registers, leaving 3 for b's vectors and 1 for the broadcast:
+// every loaded vector feeds NR FMAs and every broadcast NV, and 12 independent chains cover the FMA latency.
+template <int NR, int NV, typename T, typename Brow, typename F>
+inline void gemm_tile(const T* const* a, const Brow& brow, i64 kt, F&& store) {
+  typedef typename Vec<T>::type V;
+  enum { N = Vec<T>::N };
+  V acc[NR][NV];
+#pragma GCC unroll 4
+  for (int n = 0; n < NR; ++n)
+#pragma GCC unroll 3
+    for (int i = 0; i < NV; ++i) acc[n][i] = V{};
+  for (i64 t = 0; t < kt; ++t) {
+    const T* b = brow(t);
+    // three named registers, pinned (an array of them went through the stack; unpinned, GCC folded each load
+    // into its NR FMAs)
+    V y0 = vld(b), y1 = NV > 1 ? vld(b + N) : V{}, y2 = NV > 2 ? vld(b + 2 * N) : V{};
+    UPB_PIN(y0);
+    if (NV > 1) UPB_PIN(y1);
+    if (NV > 2) UPB_PIN(y2);
+#pragma GCC unroll 4
+    for (int n = 0; n < NR; ++n) {
+      const T x = a[n][t];  // broadcast once, for NV FMAs
+      acc[n][0] += x * y0;
+      if (NV > 1) acc[n][1] += x * y1;
+      if (NV > 2) acc[n][2] += x * y2;
+    }
+  }
+#pragma GCC unroll 4
+  for (int n = 0; n < NR; ++n)
+#pragma GCC unroll 3
+    for (int i = 0; i < NV; ++i) store(n, i, acc[n][i]);
+}
+
+// dst[d·ld + l] = src[l][d] for the N rows src (one vector's lanes) and d < D: a window's keys packed transposed
+// (window_attn.cu, fused_packed). fp32 with 8-lane vectors: 8×8 blocks transposed in registers (24 shuffles
+// for 64 elements); otherwise, and for the last D mod 8 channels, element by element.
+template <typename T>
+inline void transpose_rows(const T* const* src, i64 D, T* __restrict dst, i64 ld) {
+  enum { N = Vec<T>::N };
+  i64 d0 = 0;
+  if constexpr (sizeof(T) == 4 && N == 8) {
+    for (; d0 + 8 <= D; d0 += 8) {
+      vf r[8];
+      for (int l = 0; l < 8; ++l) r[l] = vld(src[l] + d0);
+      vf t[8], u[8];
+      for (int p = 0; p < 4; ++p) {  // interleave row pairs
+        t[2 * p] = __builtin_shufflevector(r[2 * p], r[2 * p + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[2 * p + 1] = __builtin_shufflevector(r[2 * p], r[2 * p + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+      }
+      for (int h = 0; h < 2; ++h)  // rows 4h … 4h + 3: u[4h + j] holds columns j and j + 4 of them
+        for (int j = 0; j < 2; ++j) {
+          u[4 * h + 2 * j] = __builtin_shufflevector(t[4 * h + j], t[4 * h + 2 + j], 0, 1, 8, 9, 4, 5, 12, 13);
+          u[4 * h + 2 * j + 1] = __builtin_shufflevector(t[4 * h + j], t[4 * h + 2 + j], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+      for (int j = 0; j < 4; ++j) {  // column j and j + 4 of all eight rows
+        const vf lo = __builtin_shufflevector(u[j], u[4 + j], 0, 1, 2, 3, 8, 9, 10, 11);
+        const vf hi = __builtin_shufflevector(u[j], u[4 + j], 4, 5, 6, 7, 12, 13, 14, 15);
+        __builtin_memcpy(dst + (d0 + j) * ld, &lo, sizeof lo);
+        __builtin_memcpy(dst + (d0 + j + 4) * ld, &hi, sizeof hi);
+      }
+    }
+  }
+  for (i64 d = d0; d < D; ++d)
+    for (int l = 0; l < N; ++l) dst[d * ld + l] = src[l][d];
+}
+
 // out[n][j] = <x[n], y[j]> over D channels, for NC rows x and NY ≤ 4 rows y (out[n][j ≥ NY] = 0: a window's last
 // group of slots computes no products for the slots it lacks).
 template <int NC, int NY = 4, typename T, typename A>

@@ -408,6 +408,142 @@ __device__ __forceinline__ void atn_t_kernel(const T* __restrict__ Aw, const T* 
   }
 }
 
+// e[m] ← exp(scale·(e[m] − max e)) over the M slots of one logit row (the warp's lanes split them); returns
+// 1 / Σ e. Max subtraction in the accumulation type.
+template <typename A>
+__device__ __forceinline__ A softmax_row(A* e, int M, A scale, int lane) {
+  A mx = A(-3.0e38f);
+  UPB_SIMD_RED(max : mx)
+  for (int m = lane; m < M; m += UPB_LANES) mx = amax(mx, e[m]);
+  mx = warp_max(mx);
+  A sum = 0;
+  UPB_SIMD_RED(+ : sum)
+  for (int m = lane; m < M; m += UPB_LANES) {
+    const A x = ex((e[m] - mx) * scale);
+    e[m] = x;
+    sum += x;
+  }
+  return A(1) / warp_sum(sum);
+}
+
+#if UPB_CPU_VEC
+#ifndef UPB_PACK_CHILDREN
+#define UPB_PACK_CHILDREN 16  // the packed path below from this many children a parent (s ≥ 4)
+#endif
+
+// f(Int<R>, j) over [0, n) in steps of R, then one step of the R' < R left (register tiles and their tails).
+template <int R, typename F>
+inline void rest(int left, int j, F& f) {
+  if constexpr (R > 0) {
+    if (left == R) f(Int<R>(), j);
+    else rest<R - 1>(left, j, f);
+  }
+}
+template <int R, typename F>
+inline void tiles(int n, F&& f) {
+  int j = 0;
+  for (; j + R <= n; j += R) f(Int<R>(), j);
+  rest<R - 1>(n - j, j, f);
+}
+
+// Fused forward of the CPU fast build at high ratios (fp32/fp64; s² ≥ UPB_PACK_CHILDREN children a parent). All
+// s² children of a parent share its window, so both products are small GEMMs over them: logits (s² × M) =
+// q (s² × D) · keysᵀ (D × M) and out (s² × C) = weights (s² × M) · values (M × C), in 4-child × 3-vector
+// register tiles (gemm_tile), NB children at a time: all their logits, their softmax, then all their
+// aggregations. The window's rows are first copied into a per-thread buffer: keys transposed (D × Mp), values
+// (M × Cp), widths padded to whole vectors with zeros, and a zero-rule slot off the map as a zero row (logit 0,
+// no value: the rule itself). In place, the rows lie G·D or G·C elements apart, strides that map them onto a
+// few L1 sets (NAF: 81 key rows 1 KB apart share 16 of 64 sets), so every pass over the window missed L1;
+// and transposed keys need no horizontal sums (the dot-product form spent ~10 % of its time in them at
+// D = 64). The copy costs M·(D + C) per s²·M·(D + C) FMAs. At s = 2 it would cost a quarter of the FMAs, and
+// the same register tiles over the rows in place measured 1.5× slower than fused_kernel's (CARAFE, C = 256).
+template <bool GIVEN, typename T>
+inline void fused_packed(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                         T* __restrict__ out, const Win& wn, const Geo& g, i64 B, i64 D, i64 C, i64 ldq, i64 ldv,
+                         T scale) {
+  typedef typename Vec<T>::type V;
+  enum { N = Vec<T>::N, NB = 16 };
+  const int M = wn.M, n2 = g.s * g.s;
+  const i64 Mp = (M + N - 1) / N * N, Cp = (C + N - 1) / N * N, kn = GIVEN ? 0 : D * Mp;
+  T* const kt = upb_host_scratch<T>(kn + M * Cp + NB * Mp + D);
+  T* const vp = kt + kn;
+  T* const e = vp + M * Cp;     // NB rows of Mp logits, then weights
+  T* const zero = e + NB * Mp;  // a zero key row
+  for (i64 d = 0; d < D; ++d) zero[d] = T(0);
+  for (Pixels it(g, B); it.ok(); it.next()) {
+    const i64 b = it.b, u = it.u, vv = it.v;
+    SlotRows rows;
+    rows.set(wn, b, u, vv);
+    for (int m = 0; m < M; ++m) {
+      const i64 r = rows(m);
+      T* dst = vp + m * Cp;
+      if (r >= 0) __builtin_memcpy(dst, v + r * ldv, C * sizeof(T));
+      for (i64 c = r >= 0 ? C : 0; c < Cp; ++c) dst[c] = T(0);
+    }
+    if (!GIVEN)
+      for (int m0 = 0; m0 < Mp; m0 += N) {
+        const T* src[N];
+        for (int l = 0; l < N; ++l) {
+          const i64 r = m0 + l < M ? rows(m0 + l) : -1;
+          src[l] = r < 0 ? zero : k + r * ldq;
+        }
+        transpose_rows(src, D, kt + m0, Mp);
+      }
+    for (int c0 = 0; c0 < n2; c0 += NB) {
+      const int nb = n2 - c0 < NB ? n2 - c0 : NB;
+      // the next block's query (logit) rows, from DRAM: the block's first pass over them waited on every line
+      for (int j = c0 + NB; j < c0 + 2 * NB && j < n2; ++j) {
+        const char* p = (const char*)(q + g.child(b, u, vv, j) * ldq);
+        for (i64 o = 0; o < (GIVEN ? M : D) * (i64)sizeof(T); o += 64) UPB_PREFETCH(p + o);
+      }
+      if (GIVEN) {
+        for (int j = 0; j < nb; ++j) {
+          const T* l = q + g.child(b, u, vv, c0 + j) * ldq;
+          for (int m = 0; m < M; ++m) e[j * Mp + m] = l[m];
+        }
+      } else {
+        tiles<4>(nb, [&](auto nr, int j) UPB_LAMBDA_INLINE {
+          constexpr int NR = decltype(nr)::value;
+          const T* qr[NR];
+          for (int n = 0; n < NR; ++n) qr[n] = q + g.child(b, u, vv, c0 + j + n) * ldq;
+          tiles<3>((int)(Mp / N), [&](auto nv, int i) UPB_LAMBDA_INLINE {
+            // scaled in the softmax (scale > 0)
+            const T* kc = kt + i * N;
+            gemm_tile<NR, decltype(nv)::value>(qr, [&](i64 d) { return kc + d * Mp; }, D,
+                                               [&](int n, int x, V y) UPB_LAMBDA_INLINE {
+              __builtin_memcpy(e + (j + n) * Mp + (i + x) * N, &y, sizeof y);
+            });
+          });
+        });
+      }
+      for (int j = 0; j < nb; ++j) {
+        T* er = e + j * Mp;
+        const T inv = softmax_row(er, M, scale, 0);
+        for (int m = 0; m < M; ++m) er[m] *= inv;
+      }
+      tiles<4>(nb, [&](auto nr, int j) UPB_LAMBDA_INLINE {
+        constexpr int NR = decltype(nr)::value;
+        const T* wr[NR];
+        T* orow[NR];
+        for (int n = 0; n < NR; ++n) wr[n] = e + (j + n) * Mp, orow[n] = out + g.child(b, u, vv, c0 + j + n) * ldv;
+        tiles<3>((int)(Cp / N), [&](auto nv, int i) UPB_LAMBDA_INLINE {
+          const T* vc = vp + i * N;
+          gemm_tile<NR, decltype(nv)::value>(wr, [&](i64 m) { return vc + m * Cp; }, M,
+                                             [&](int n, int x, V y) UPB_LAMBDA_INLINE {
+            const i64 c = (i + x) * N;
+            if (c + N <= C) {
+              vst(orow[n] + c, y);
+            } else {
+              for (i64 l = c; l < C; ++l) orow[n][l] = y[l - c];  // the channels' tail
+            }
+          });
+        });
+      });
+    }
+  }
+}
+#endif
+
 // Fused forward (given logits: scale bits 0x3ff0000000000000 = 1.0): a group of children's M logits (computed: q rows given; given: L rows) go to per-warp scratch,
 // softmax with max subtraction in the accumulation type, then the aggregation reads the weights from scratch.
 // The scale (> 0, checked by the binding) enters the softmax's exponent: max(scale·x) = scale·max(x), and the
@@ -424,6 +560,12 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
   const i64 grp = blockIdx.y, ldq = G * (GIVEN ? M : D), ldv = G * C;
   if (grp >= G) return;
   q += grp * (GIVEN ? M : D), k += grp * D, v += grp * C, out += grp * C;
+#if UPB_CPU_VEC
+  if constexpr (sizeof(T) == sizeof(A)) {  // fp32, fp64 (the packed rows are T)
+    if (g.s * g.s >= UPB_PACK_CHILDREN)
+      return fused_packed<GIVEN, T>(q, k, v, out, wn, g, B, D, C, ldq, ldv, (T)scale);
+  }
+#endif
   UPB_WARP_SCRATCH(A, sc, UPB_NC * UPB_MAX_KK);
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, vv = it.v;
@@ -448,23 +590,11 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
       UPB_SYNCWARP();
 #pragma unroll
       for (int n = 0; n < NC; ++n) {
-        A* e = sr[n];
-        A mx = A(-3.0e38f);
-        UPB_SIMD_RED(max : mx)
-        for (int m = lane; m < wn.M; m += UPB_LANES) mx = amax(mx, e[m]);
-        mx = warp_max(mx);
-        A sum = 0;
-        UPB_SIMD_RED(+ : sum)
-        for (int m = lane; m < wn.M; m += UPB_LANES) {
-          const A x = ex((e[m] - mx) * scale);
-          e[m] = x;
-          sum += x;
-        }
-        inv[n] = A(1) / warp_sum(sum);
+        inv[n] = softmax_row(sr[n], wn.M, scale, lane);
 #if UPB_LANES == 1
         // CPU fast build: normalised once here, not once per channel chunk in the aggregation (the same
         // products; on the GPU this kept one more value live and the fp64 kernel spilled)
-        for (int m = 0; m < wn.M; ++m) e[m] *= inv[n];
+        for (int m = 0; m < wn.M; ++m) sr[n][m] *= inv[n];
 #endif
       }
       UPB_SYNCWARP();

@@ -40,10 +40,12 @@ DRIVER = textwrap.dedent("""
                 M = torch.randn(B, G * K * K, H * s, W * s, requires_grad=True)
                 ck.reassemble_kernel(x, M, K, s, G).sum().backward()
                 ck.reassemble_fused(x, M, K, s, G).sum().backward()
-            # window_attn: dilation × K past the map, ratio 16 on 1×1, clamp and shift rules; every kernel via autograd
+            # window_attn: dilation × K past the map, ratio 16 on 1×1, clamp and shift rules, the CPU packed path
+            # (s = 4, two heads); every kernel via autograd
             for win, B, H, W, D, C, s, G in [(wk.Window.square(3, 3), 1, 2, 2, 3, 5, 2, 2),
                                              (wk.Window.square(3, 1, "clamp"), 1, 1, 1, 4, 35, 16, 1),
-                                             (wk.Window.square(3, 1, "shift"), 2, 3, 4, 5, 6, 3, 1)]:
+                                             (wk.Window.square(3, 1, "shift"), 2, 3, 4, 5, 6, 3, 1),
+                                             (wk.Window.square(3, 1, "shift"), 1, 3, 3, 5, 11, 4, 2)]:
                 for dt in (torch.float32, torch.bfloat16):
                     M = len(win.offsets)
                     q = torch.randn(B, H * s, W * s, G * D, dtype=dt, requires_grad=True)

@@ -32,6 +32,10 @@ CASES = [
     (Window(OFFSETS, "clamp"), 1, 2, 3, 4, 66, 2, 1),  # UPLiFT's 17 offsets on a map smaller than their reach
     (Window(((0, 0), (1, -1), (-2, 3), (0, 4)), "zero"), 1, 4, 5, 5, 9, 1, 1),  # irregular list, s = 1
     (Window(((0, 0), (2, 0), (-1, -1)), "shift"), 1, 4, 3, 2, 5, 2, 3),  # asymmetric list, shifted
+    # the CPU build's packed path (s² ≥ 16 children a parent; fp32, fp64): slots, D and C not whole vectors
+    (Window.square(3, 1, "shift"), 2, 3, 4, 5, 11, 4, 2),  # NAF's rule, two heads, s² = 16
+    (Window(OFFSETS, "clamp"), 1, 3, 2, 6, 20, 5, 1),  # 17 offsets, s² = 25: a block of 9, a child tile of 1
+    (Window.square(5), 1, 2, 3, 4, 9, 4, 1),  # zero rule, window larger than the map: zero rows packed
 ]
 SIMT_CASES = [CASES[0], CASES[1], CASES[3], CASES[5]]
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 8e-3}
