@@ -26,6 +26,9 @@
 #ifndef UPB_NC
 #define UPB_NC 2  // high-res children processed together (each loaded key/value row feeds UPB_NC outputs)
 #endif
+#ifndef UPB_NC_SIM
+#define UPB_NC_SIM UPB_NC  // the same for the unfused sim kernel (the CPU AVX2 build: 4, in groups of 2 slots)
+#endif
 #define UPB_MAX_K 15  // kernel sizes up to 15 (K² ≤ 225): the per-warp similarity scratch is sized by it
 #define UPB_MAX_KK (UPB_MAX_K * UPB_MAX_K)
 #define UPB_FULL_MASK 0xffffffffu

@@ -50,17 +50,17 @@ struct Pixels {
   __device__ __forceinline__ i64 index() const { return (b * H + u) * W + v; }
 };
 
-// f(Int<NC>, px) for the s² children of (b, u, v) in groups of UPB_NC (then one at a time), px[NC] their
+// f(Int<NC>, px) for the s² children of (b, u, v) in groups of NCG (then one at a time), px[NC] their
 // pixel indices: a group shares every key and value row it loads.
-template <typename F>
+template <int NCG = UPB_NC, typename F>
 __device__ __forceinline__ void child_groups(const Geo& g, i64 b, i64 u, i64 v, F&& f) {
   const int n = g.s * g.s;
   int c = 0;
-  for (; c + UPB_NC <= n; c += UPB_NC) {
-    i64 px[UPB_NC];
+  for (; c + NCG <= n; c += NCG) {
+    i64 px[NCG];
 #pragma unroll
-    for (int j = 0; j < UPB_NC; ++j) px[j] = g.child(b, u, v, c + j);
-    f(Int<UPB_NC>(), px);
+    for (int j = 0; j < NCG; ++j) px[j] = g.child(b, u, v, c + j);
+    f(Int<NCG>(), px);
   }
   for (; c < n; ++c) {
     const i64 px[1] = {g.child(b, u, v, c)};

@@ -180,8 +180,13 @@ __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__
 #if UPB_LANES == 1
   // CPU: whole groups of four, then a last group of only the slots left (25 = 6·4 + 1: three absent slots'
   // products were 11 % of sim's FMAs at K = 5). A GPU warp's lanes split the channels: it keeps groups of four.
+#if UPB_CPU_VEC && UPB_VBYTES == 32
+  constexpr int GY = NC >= 4 ? 3 : 4;  // AVX2: 4 children × 3 slots hold 12 of 16 registers (4 × 4 would spill)
+#else
+  constexpr int GY = 4;
+#endif
   int m0 = 0;
-  for (; m0 + 4 <= wn.M; m0 += 4) group(m0, Int<4>());
+  for (; m0 + GY <= wn.M; m0 += GY) group(m0, Int<GY>());
   switch (wn.M - m0) {
     case 1: group(m0, Int<1>()); break;
     case 2: group(m0, Int<2>()); break;
@@ -207,7 +212,7 @@ __device__ __forceinline__ void sim_body(const T* __restrict__ q, const T* __res
     prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
     SlotRows rows;
     ws.rows(rows, b, u, v);
-    win::child_groups(g, b, u, v, [&](auto nc, const auto& px) {
+    win::child_groups<UPB_NC_SIM>(g, b, u, v, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* qr[NC];
       T* sr[NC];
