@@ -209,7 +209,9 @@ __device__ __forceinline__ void sim_body(const T* __restrict__ q, const T* __res
   q += grp * D, k += grp * D, S += grp * M;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, v = it.v;
+#if UPB_SIM_PF
     prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
+#endif
     SlotRows rows;
     ws.rows(rows, b, u, v);
     win::child_groups<UPB_NC_SIM>(g, b, u, v, [&](auto nc, const auto& px) {
