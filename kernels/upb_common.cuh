@@ -30,7 +30,7 @@
 #define UPB_SIM_PF 1  // the unfused sim prefetches the next items' query slices (CPU builds; kernel_binding)
 #endif
 #ifndef UPB_NC_SIM
-#define UPB_NC_SIM UPB_NC  // the same for the unfused sim kernel (the CPU AVX2 build: 4, in groups of 2 slots)
+#define UPB_NC_SIM UPB_NC  // the same for the unfused sim kernel (the CPU AVX2 build: 4, in groups of 3 slots)
 #endif
 #define UPB_MAX_K 15  // kernel sizes up to 15 (K² ≤ 225): the per-warp similarity scratch is sized by it
 #define UPB_MAX_KK (UPB_MAX_K * UPB_MAX_K)
