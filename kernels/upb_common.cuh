@@ -26,9 +26,6 @@
 #ifndef UPB_NC
 #define UPB_NC 2  // high-res children processed together (each loaded key/value row feeds UPB_NC outputs)
 #endif
-#ifndef UPB_SIM_PF
-#define UPB_SIM_PF 1  // the unfused sim prefetches the next items' query slices (CPU builds; kernel_binding)
-#endif
 #ifndef UPB_NC_SIM
 #define UPB_NC_SIM UPB_NC  // the same for the unfused sim kernel (the CPU AVX2 build: 4, in groups of 3 slots)
 #endif

@@ -26,6 +26,17 @@
 // first reads the key rows its left neighbour read last, the ones most likely still in L1 (its 25 rows of 1 KB
 // at SAPA's C = 256 are most of L1): sim 0.93–0.95×, SAPA's fused forward 0.97× the time (A/B in one process).
 // The same order in atn (slots, or slots and channel chunks) ran 1.05–1.13× slower; atn_t has its own snake.
+// CPU builds: sim, the fused forward (computed weights) and the atn_t scatter prefetch the next child group's
+// high-res rows (the next parent's after its last group) a few lines per slot group or slot as they go
+// (SpreadPf), not all at once when an item starts: sim 0.93–0.97×, SAPA's fused forward 0.91×, atn_t
+// 0.85–0.87× the time (A/B in one process); the burst form (64 lines of SAPA's q at once) had made sim slower.
+#ifndef UPB_SPREAD_PF
+#if UPB_LANES == 1 && !defined(__CUDACC__)
+#define UPB_SPREAD_PF 1
+#else
+#define UPB_SPREAD_PF 0
+#endif
+#endif
 #ifndef UPB_SIM_SNAKE
 #if UPB_LANES == 1 && !defined(__CUDACC__)
 #define UPB_SIM_SNAKE 1
@@ -135,6 +146,34 @@ __device__ __forceinline__ void prefetch_slices(const T* x, const Geo& g, i64 b,
 #endif
 }
 
+struct NoPf {
+  __device__ __forceinline__ void operator()(int, int) const {}
+};
+
+// Prefetch (CPU builds) n rows of `lines` cache lines a few lines at a time: call i of a loop of `calls` fetches
+// its share. A burst of all lines at once stalled the kernels that tried it (sim, the fused kernels).
+struct SpreadPf {
+  const char* p[4];
+  int n = 0, lines = 0;
+  // rows p[0 … n) of `lines` lines from `ld`-element rows of T starting at the children cn … of parent (b, u, vn)
+  template <typename T>
+  __device__ __forceinline__ void next_children(const T* x, const Geo& g, i64 b, i64 u, i64 v, int c0, int nc,
+                                                i64 ld, i64 width) {
+    const int n2 = g.s * g.s, cn = c0 + nc < n2 ? c0 + nc : 0;
+    const i64 vn = c0 + nc < n2 ? v : v + 1;
+    n = 0, lines = (int)((width * (i64)sizeof(T) + 63) / 64);
+    if (vn < g.W)
+      for (int j = 0; j < 4 && j < nc && cn + j < n2; ++j)
+        p[j] = (const char*)(x + g.child(b, u, vn, cn + j) * ld), n = j + 1;
+  }
+  __device__ __forceinline__ void operator()(int i, int calls) const {
+#if !defined(__CUDACC__)
+    const int per = (n * lines + calls - 1) / calls;
+    for (int l = i * per; l < (i + 1) * per && l < n * lines; ++l) UPB_PREFETCH(p[l / lines] + (l % lines) * 64);
+#endif
+  }
+};
+
 // out_n = Σ_m w(n, m) · v(slot m) over C channels for NC children of one parent, its slot rows in rows.
 template <int NC, typename T, typename Wf>
 __device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, T* const* orow, const Win& wn,
@@ -159,10 +198,10 @@ __device__ __forceinline__ void aggregate(const Wf& w, const T* __restrict__ v, 
 
 // out[n][m] = scale · <q row n, k(slot m)> over D channels (SCALED; else without the scale); four slots at a
 // time, then (GPU) one reduce-scatter.
-template <int NC, bool SCALED, typename T, typename O, typename A>
+template <int NC, bool SCALED, typename T, typename O, typename A, typename PF = NoPf>
 __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__ k, O* const* out, const Win& wn,
                                      const SlotRows& rows, i64 centre, i64 D, i64 ldk, A scale, int lane,
-                                     bool rev = false) {
+                                     bool rev = false, const PF& pf = PF()) {
   // slots m0 … m0 + NY − 1 (NY ≤ 4; past M: computed on the centre row, not stored)
   auto group = [&](int m0, auto ny) UPB_LAMBDA_INLINE {
     constexpr int NY = decltype(ny)::value;
@@ -206,12 +245,13 @@ __device__ __forceinline__ void sims(const T* const* qrow, const T* __restrict__
       default: break;
     }
   };
+  const int calls = full / GY + 1;
   if (rev) {
-    tail();
-    for (int m0 = full - GY; m0 >= 0; m0 -= GY) group(m0, Int<GY>());
+    pf(0, calls), tail();
+    for (int m0 = full - GY; m0 >= 0; m0 -= GY) pf(m0 / GY + 1, calls), group(m0, Int<GY>());
   } else {
-    for (int m0 = 0; m0 < full; m0 += GY) group(m0, Int<GY>());
-    tail();
+    for (int m0 = 0; m0 < full; m0 += GY) pf(m0 / GY, calls), group(m0, Int<GY>());
+    pf(full / GY, calls), tail();
   }
 #else
   for (int m0 = 0; m0 < wn.M; m0 += 4) group(m0, Int<4>());
@@ -229,18 +269,19 @@ __device__ __forceinline__ void sim_body(const T* __restrict__ q, const T* __res
   q += grp * D, k += grp * D, S += grp * M;
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, v = it.v;
-#if UPB_SIM_PF
-    prefetch_slices(q, g, b, u, v + UPB_PF_DIST, ld, D);
-#endif
     SlotRows rows;
     ws.rows(rows, b, u, v);
+    int c0 = 0;
     win::child_groups<UPB_NC_SIM>(g, b, u, v, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* qr[NC];
       T* sr[NC];
 #pragma unroll
       for (int n = 0; n < NC; ++n) qr[n] = q + px[n] * ld, sr[n] = S + px[n] * ldS;
-      sims<NC, true>(qr, k, sr, ws.wn, rows, it.index(), D, ld, scale, lane, UPB_SIM_SNAKE && (v & 1));
+      SpreadPf pf;  // the next child group's query rows (the next parent's after the last group)
+      if (UPB_SPREAD_PF) pf.next_children(q, g, b, u, v, c0, NC, ld, D);
+      c0 += NC;
+      sims<NC, true>(qr, k, sr, ws.wn, rows, it.index(), D, ld, scale, lane, UPB_SIM_SNAKE && (v & 1), pf);
     });
   }
 }
@@ -310,7 +351,10 @@ __device__ __forceinline__ void atn_t_scatter(const T* __restrict__ Aw, const T*
           // Slot-major, then the part's channels: consecutive stores go to one row, so no load waits on an
           // earlier store whose address matches it modulo 4 KB (the rows of a window are W·C·4 bytes apart, often a
           // multiple of 4 KB; chunk-major order made every slot's read-modify-write wait on the previous slots').
+          SpreadPf pf;  // the next child group's grad rows, a few lines a slot
+          if (UPB_SPREAD_PF) pf.next_children(gr + cbeg, g, b, u, v, c, 4, ld, cend - cbeg);
           for (int m = 0; m < wn.M; ++m) {
+            pf(m, wn.M);
             const i64 r = rows(m);
             if (r < 0) continue;  // a zero-rule slot off the map
             T* o = out + r * ld;
@@ -680,9 +724,10 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
   UPB_WARP_SCRATCH(A, sc, UPB_NC * UPB_KK_ROW);
   for (Pixels it(g, B); it.ok(); it.next()) {
     const i64 b = it.b, u = it.u, vv = it.v;
-    prefetch_slices(q, g, b, u, vv + UPB_PF_DIST, ldq, GIVEN ? M : D);
+    if (GIVEN || !UPB_SPREAD_PF) prefetch_slices(q, g, b, u, vv + UPB_PF_DIST, ldq, GIVEN ? M : D);
     SlotRows rows;
     rows.set(wn, b, u, vv);
+    int c0 = 0;
     win::child_groups(g, b, u, vv, [&](auto nc, const auto& px) {
       constexpr int NC = decltype(nc)::value;
       const T* qr[NC];
@@ -696,9 +741,12 @@ __device__ __forceinline__ void fused_kernel(const T* __restrict__ q, const T* _
         for (int n = 0; n < NC; ++n)
           for (int m = lane; m < wn.M; m += UPB_LANES) sr[n][m] = upb::ld(qr[n] + m);
       } else {
+        SpreadPf pf;
+        if (UPB_SPREAD_PF) pf.next_children(q, g, b, u, vv, c0, NC, ldq, D);
         sims<NC, false>(qr, k, sr, wn, rows, it.index(), D, ldq, A(1), lane,  // scaled in the softmax (scale > 0)
-                        UPB_SIM_SNAKE && (vv & 1));
+                        UPB_SIM_SNAKE && (vv & 1), pf);
       }
+      c0 += NC;
       UPB_SYNCWARP();
 #if UPB_CPU_VEC
       if constexpr (sizeof(A) == 4) {  // fp32, fp16, bf16: the rows' softmax on whole vectors, normalised

@@ -41,12 +41,12 @@ GPU_DEFINES: Defines = _defs(LANES=32, WARPS=4, VPT=8, VPT_T=8, NC=2)
 # (16 ymm registers of 8 floats) NC=2 × VPT=32 (8 ymm accumulators; the fused dot products hold NC × 4) and
 # 64-channel atn_t chunks measured fastest (Zen 3) — the AVX-512 blocking spilled there in every inner loop —
 # and the unfused sim takes 4 children × 3 slots (NC_SIM=4: 12 accumulators, each key row loaded once for all
-# s² = 4 children of SAPA's ×2; 8–12 % faster than 2 × 4 there) without software prefetch (SIM_PF=0: the
-# burst of 64 line prefetches per parent stalled it; 12–14 % faster). count is built for AVX2 (valgrind), so it takes
-# the AVX2 blocking. simt/asan-simt: 2 warps and 2 channels per lane so tiny shapes still have chunk tails.
-# weak: exactly the GPU's lane model.
+# s² = 4 children of SAPA's ×2; 8–12 % faster than 2 × 4 there). The CPU builds' prefetch (UPB_SPREAD_PF in
+# window_attn.cu) needs no define. count is built for AVX2 (valgrind), so it takes the AVX2 blocking.
+# simt/asan-simt: 2 warps and 2 channels per lane so tiny shapes still have chunk tails. weak: exactly the GPU's
+# lane model.
 _FAST_AVX512 = _defs(LANES=1, WARPS=1, VPT=64, VPT_T=256, NC=4, T_SCATTER_BYTES=64)
-_FAST_AVX2 = _defs(LANES=1, WARPS=1, VPT=32, VPT_T=64, NC=2, NC_SIM=4, SIM_PF=0, T_SCATTER_BYTES=64)
+_FAST_AVX2 = _defs(LANES=1, WARPS=1, VPT=32, VPT_T=64, NC=2, NC_SIM=4, T_SCATTER_BYTES=64)
 CPU_DEFINES: dict[str, Defines] = {
     "fast": _FAST_AVX512 if "avx512f" in _cpu_shim.cpu_flags() else _FAST_AVX2,
     "count": _FAST_AVX2,
