@@ -137,20 +137,26 @@ __device__ __forceinline__ void st(bf16* p, float v) { p->x = f2bf(v); }
 __device__ __forceinline__ float ex(float x) { return expf(x); }
 __device__ __forceinline__ double ex(double x) { return exp(x); }
 #else
-// exp for x ≤ 0 (softmax arguments), written so that `omp simd` loops vectorise it; |rel err| < 2e-7.
-__device__ __forceinline__ float ex(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float n = __builtin_rintf(x * 1.44269504f);
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n·ln2 in two parts
-  float p = 1.98412698e-4f;
+// exp(x) = 2^n · exp_poly(x − n·ln2) with n = rint(x·log2 e): the polynomial on r, one definition for the scalar
+// ex below and the CPU build's vector exp (window_attn.cu), F a float or a GCC vector of floats.
+template <typename F>
+__device__ __forceinline__ F exp_reduce(F x, F n) { return (x - n * 0.693359375f) + n * 2.12194440e-4f; }  // two parts
+template <typename F>
+__device__ __forceinline__ F exp_poly(F r) {
+  F p = F{} + 1.98412698e-4f;
   p = p * r + 1.38888889e-3f;
   p = p * r + 8.33333333e-3f;
   p = p * r + 4.16666667e-2f;
   p = p * r + 1.66666667e-1f;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * u2f((unsigned)((int)n + 127) << 23);
+  return p * r + 1.0f;
+}
+// exp for x ≤ 0 (softmax arguments), written so that `omp simd` loops vectorise it; |rel err| < 2e-7.
+__device__ __forceinline__ float ex(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float n = __builtin_rintf(x * 1.44269504f);
+  return exp_poly(exp_reduce(x, n)) * u2f((unsigned)((int)n + 127) << 23);
 }
 __device__ __forceinline__ double ex(double x) { return __builtin_exp(x); }
 #endif

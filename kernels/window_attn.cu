@@ -506,7 +506,7 @@ __device__ __forceinline__ A softmax_row(A* e, int M, A scale, int lane) {
 #define UPB_KK_ROW ((UPB_MAX_KK + 15) / 16 * 16)
 typedef int vi __attribute__((vector_size(UPB_VBYTES)));
 
-// ex on every lane: the same polynomial, rint as a vector round.
+// ex on every lane: the same exp_reduce and exp_poly, rint as a vector round.
 inline vf vex(vf x) {
   x = x < -87.0f ? vf{} - 87.0f : x;
   vf y = x * 1.44269504f;
@@ -515,16 +515,7 @@ inline vf vex(vf x) {
 #else
   const vf n = (vf)_mm256_round_ps((__m256)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 #endif
-  const vf r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  vf p = vf{} + 1.98412698e-4f;
-  p = p * r + 1.38888889e-3f;
-  p = p * r + 8.33333333e-3f;
-  p = p * r + 4.16666667e-2f;
-  p = p * r + 1.66666667e-1f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  return p * (vf)((__builtin_convertvector(n, vi) + 127) << 23);
+  return exp_poly(exp_reduce(x, n)) * (vf)((__builtin_convertvector(n, vi) + 127) << 23);
 }
 
 inline vi lane_ids() {
